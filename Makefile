@@ -10,9 +10,11 @@ setup:
 setup-dev:
 	PYTHON=$(PY) VENV=$(VENV) bash scripts/setup.sh dev
 
-## main job
+## main job: the default experiment (generated dataset, frozen features, ESN vs RNN/LSTM/GRU and extra baselines)
+## through papermill; keeps the executed notebook in papermill_runs/ and prints the comparison table.
+## Runs that already finished are kept, not retrained (add ARGS=--overwrite to redo them).
 demo: setup
-	$(VENV)/bin/esn-video doctor
+	$(VENV)/bin/esn-video run configs/default.yaml $(ARGS)
 
 ## whole test suite
 test: setup-dev

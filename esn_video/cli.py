@@ -21,6 +21,15 @@ __all__ = ['COMMANDS', 'main', 'doctor']
 #: name -> ("module:function", one-line help). Each chapter that adds a subcommand adds its line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("esn_video.cli:doctor", "report the installation: versions, device, paths, video decoding"),
+    "data synth": ("esn_video.data.synth:synth_cli", "write the procedural action dataset in UCF101's layout"),
+    "data ucf101": ("esn_video.data.ucf101:ucf101_cli", "download, extract and validate the real UCF101"),
+    "data cache": ("esn_video.data.cache:cache_cli", "decode videos once into the frame cache"),
+    "bench data": ("esn_video.data.bench:bench_data_cli", "benchmark video loading: torchvision vs direct vs cached"),
+    "bench esn": ("esn_video.models.bench:bench_esn_cli", "benchmark the ESN against reservoirpy"),
+    "train": ("esn_video.experiment:train_cli", "train one model from a YAML config"),
+    "compare": ("esn_video.experiment:compare_cli", "train and compare every model of a config over splits and seeds"),
+    "evaluate": ("esn_video.experiment:evaluate_cli", "evaluate a saved run on the test split"),
+    "run": ("esn_video.runs:run_cli", "run the training notebook with papermill and keep the executed record"),
 }
 
 

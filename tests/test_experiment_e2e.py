@@ -1,0 +1,126 @@
+"""End to end: `esn-video train` killed with SIGKILL part-way and resumed, `esn-video run` through real papermill,
+and config errors, each in a subprocess as a user would run them (tiny generated dataset, a few seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = str(Path(sys.executable).parent / "esn-video")
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    "Data and caches shared by the tests of this module (each test has its own models folder)."
+    return tmp_path_factory.mktemp("e2e")
+
+
+def _paths(shared: Path, models: Path) -> list[str]:
+    return [
+        "--set", f"dataset.root={shared}/data/synth-tiny",
+        "--set", f"cache.root={shared}/cache/frames",
+        "--set", f"features.cache_dir={shared}/cache/features",
+        "--set", f"models_dir={models}",
+    ]  # fmt: skip
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["MLFLOW_TRACKING_URI"] = ""
+    return env
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=300, **kw)
+
+
+# A GRU with enough epochs that a kill lands part-way; checkpoints are written after every epoch.
+GRU = ["--model", "gru", "--set", "training.epochs=60", "--set", "models.gru.hp.hidden=64"]
+
+
+def test_bad_config_keys_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(TINY).read_text().replace("training:", "trainig:"))
+    r = _run(["train", str(bad)])
+    assert r.returncode == 2, r.stderr
+    assert "unknown key 'trainig'" in r.stderr and "training" in r.stderr and str(bad) in r.stderr
+    r = _run(["train", TINY, "--model", "gru", "--set", "training.schedule=cosine"])
+    assert r.returncode == 2 and "one_cycle, plateau" in r.stderr, r.stderr
+    r = _run(["compare", TINY, "--set", "models.gru.hp.hidden_szie=8"])
+    assert r.returncode == 2 and "hidden_szie" in r.stderr, r.stderr
+
+
+def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    r = _run(["train", TINY, *GRU, *_paths(shared, whole), "--quiet"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_a = whole / "tiny" / "gru-split1-seed0"
+    a = json.loads((run_a / "metrics.json").read_text())
+
+    run_b = killed / "tiny" / "gru-split1-seed0"
+    p = subprocess.Popen([EXE, "train", TINY, *GRU, *_paths(shared, killed), "--quiet"], cwd=ROOT, env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if (run_b / "checkpoint.pth").is_file() and (run_b / "history.csv").is_file():
+            try:  # the CSV may be caught mid-write: then look again
+                rows = len(pd.read_csv(run_b / "history.csv"))
+            except (OSError, ValueError):
+                rows = 0
+            if rows >= 3:
+                break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert json.loads((run_b / "status.json").read_text())["state"] == "running"  # killed, not finished
+    assert not (run_b / "metrics.json").exists()
+
+    r = _run(["train", TINY, *GRU, *_paths(shared, killed)])
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr  # not silently restarted
+    r = _run(["train", TINY, *GRU, *_paths(shared, killed), "--resume", "--quiet"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = json.loads((run_b / "metrics.json").read_text())
+    assert b["resumed_from_epoch"] >= 3
+    for k in ("accuracy", "macro_f1", "top5", "valid_accuracy", "clip_accuracy", "confusion_matrix", "epochs_run"):
+        assert a[k] == b[k], (k, a[k], b[k])
+    ha, hb = pd.read_csv(run_a / "history.csv"), pd.read_csv(run_b / "history.csv")
+    cols = [c for c in ha.columns if "loss" in c or "accuracy" in c]
+    pd.testing.assert_frame_equal(ha[cols], hb[cols], rtol=1e-5)
+    for f in ("best.pth", "last.pth", "config.yaml", "environment.json", "history.csv", "curves.png", "confusion.png"):
+        assert (run_b / f).is_file(), f
+
+    r = _run(["train", TINY, *GRU, *_paths(shared, killed)])
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "finished" in r.stderr, r.stderr
+    r = _run(["evaluate", str(run_b), "--quiet"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = json.loads((run_b / "evaluation.json").read_text())
+    assert ev["accuracy"] == b["accuracy"]
+
+
+def test_run_executes_the_training_notebook(shared, tmp_path):
+    out = tmp_path / "papermill_runs"
+    r = _run(["run", TINY, *_paths(shared, tmp_path / "models"), "--output-dir", str(out)])
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    nbs = list(out.glob("*_tiny.ipynb"))
+    assert len(nbs) == 1, nbs
+    nb = json.loads(nbs[0].read_text())
+    text = json.dumps(nb)
+    assert "accuracy %" in text and "image/png" in text  # the table and the plots are in the record
+    params = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    assert params and "scratch = False" in "".join(params[0]["source"])
+    assert "accuracy %" in r.stdout and "esn" in r.stdout  # the table is printed
+    summary = json.loads((tmp_path / "models" / "tiny" / "report" / "summary.json").read_text())
+    assert set(summary) == {"esn", "gru", "mean"}
