@@ -8,8 +8,6 @@ Docs: https://esn-video.github.io/esn-video/callbacks.html.md"""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +23,8 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import CancelEpochException, Learner
 from fastai.torch_core import get_model
 from torch import nn
+
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['predict_logits', 'RunCallback', 'RunLearner', 'EpochTimer', 'TestSetEvalCallback', 'HistoryCSVLogger',
@@ -371,19 +371,7 @@ class TensorBoardLogger(RunCallback):
 # %% ../nbs/32_callbacks.ipynb #d8ec12b4
 def atomic_torch_save(obj, path: Path | str) -> Path:
     "`torch.save` to a temporary file in the same folder, fsync, then rename over `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class SaveBestModelCallback(SaveModelCallback):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'SUMMARY_FIGURES', 'RECURRENT_KINDS', 'collect_results', 'summarize', 'headline', 'comparison_table',
@@ -42,16 +42,6 @@ RESULT_COLUMNS = (
     "budget",
     "run",
 )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def collect_results(experiment_dir: str | Path) -> pd.DataFrame:
@@ -252,7 +242,7 @@ def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
     results = collect_results(experiment_dir)
     summary = summarize(results)
     hl = headline(summary)
-    _write_atomic(out / "results.csv", results.to_csv(index=False).encode())
+    atomic_write(out / "results.csv", results.to_csv(index=False).encode())
     slim = {
         k: {
             f: v[f]
@@ -261,12 +251,12 @@ def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
         | {k2: v2 for k2, v2 in v.items() if k2 not in SUMMARY_FIGURES[:6]}
         for k, v in summary.items()
     }
-    _write_atomic(out / "summary.json", (json.dumps(slim, indent=2) + "\n").encode())
-    _write_atomic(
+    atomic_write(out / "summary.json", (json.dumps(slim, indent=2) + "\n").encode())
+    atomic_write(
         out / "accuracy_vs_time.png", _scatter(summary, "fit_seconds", "fit seconds (search + features + fit)")
     )
-    _write_atomic(out / "accuracy_vs_params.png", _scatter(summary, "trainable_params", "trainable parameters"))
-    _write_atomic(out / "curves.png", _curves(experiment_dir, results))
+    atomic_write(out / "accuracy_vs_params.png", _scatter(summary, "trainable_params", "trainable parameters"))
+    atomic_write(out / "curves.png", _curves(experiment_dir, results))
     table = comparison_table(summary)
     splits = sorted(set(results["split"].dropna().astype(int)))
     seeds = sorted(set(results["seed"].dropna().astype(int)))
@@ -294,5 +284,5 @@ def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
         "![training curves](curves.png)",
         "",
     ]
-    _write_atomic(out / "report.md", "\n".join(md).encode())
+    atomic_write(out / "report.md", "\n".join(md).encode())
     return {"dir": out, "summary": summary, "table": table, "headline": hl, "results": results}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import psutil
@@ -23,7 +25,7 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'seed_worker', 'torch_generator', 'get_device', 'find_project_root', 'ProjectPaths',
-           'project_paths', 'Measurement', 'measure', 'count_parameters']
+           'project_paths', 'Measurement', 'measure', 'atomic_write', 'count_parameters']
 
 # %% ../nbs/00_core.ipynb #4af647a9
 def seed_everything(seed: int, deterministic: bool = False) -> int:
@@ -229,6 +231,26 @@ def measure(device: str | torch.device | None = None, sample_interval: float = 0
             m.peak_memory_mb = sampler.stop() / mb
         else:
             m.peak_memory_mb = (_read_hwm_kb() or 0) / 1024
+
+# %% ../nbs/00_core.ipynb #e45bb248
+def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None]) -> Path:
+    "Write `data` (bytes, str as UTF-8, or a function writing to a binary file) to `path` atomically; return `path`."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 # %% ../nbs/00_core.ipynb #57c3a33a
 def count_parameters(module: torch.nn.Module) -> dict[str, int]:

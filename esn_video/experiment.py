@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from .core import get_device, project_paths, seed_everything
+from .core import atomic_write, get_device, project_paths, seed_everything
 
 # %% auto #0
 __all__ = ['ConfigError', 'DatasetConfig', 'CacheConfig', 'FeaturesConfig', 'TrainingConfig', 'SearchConfig', 'ModelConfig',
@@ -459,20 +459,7 @@ def config_to_yaml(cfg: ExperimentConfig) -> str:
 # %% ../nbs/40_experiment.ipynb #3ed186c9a28b402fb0bc4494df01f08d
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from fastai.data.load import DataLoader as FastaiDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import get_device, seed_worker
+from .core import atomic_write, get_device, seed_worker
 
 # %% auto #0
 __all__ = ['ENCODERS', 'FrameEncoder', 'pixel_encoder', 'small_cnn_encoder', 'resnet18_weights_file', 'resnet18_encoder',
@@ -276,20 +275,6 @@ def forked_rng(seed: int) -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _split_item(item: Sequence) -> tuple[torch.Tensor, int | None, int]:
     if len(item) == 2:
         return item[0], None, item[1]
@@ -384,12 +369,10 @@ def extract_features(
                 arrays = dict(zip(keys, _encode_view(dataset, encoder, batch_size, dev, num_workers)))
             arrays["sequences"] = arrays["sequences"].astype(dtype)
             if f is not None:
-                _atomic_write_bytes(f, lambda fh, a=arrays: np.savez(fh, **a))
+                atomic_write(f, lambda fh, a=arrays: np.savez(fh, **a))
                 meta = {**_jsonable(base), "view": v, "seed": seed, "shape": list(arrays["sequences"].shape)}
                 meta["seconds"] = time.perf_counter() - t0
-                _atomic_write_bytes(
-                    f.with_suffix(".json"), lambda fh, m=meta: fh.write(json.dumps(m, indent=1).encode())
-                )
+                atomic_write(f.with_suffix(".json"), lambda fh, m=meta: fh.write(json.dumps(m, indent=1).encode()))
             if verbose:
                 print(f"features view {v}: extracted {arrays['sequences'].shape} in {time.perf_counter() - t0:.1f}s")
             views.append((arrays, f))

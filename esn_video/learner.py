@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ from torch import nn
 from . import callbacks as run_callbacks
 from .callbacks import RunLearner
 from .checkpoint import CheckpointCallback
-from .core import count_parameters, measure
+from .core import atomic_write, count_parameters, measure
 from .metrics import accuracy_score, classification_report, default_metrics, plot_confusion_matrix
 from .tracking import MLflowCallback, MlflowSettings
 
@@ -113,9 +112,7 @@ def _print_epoch(learn):
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def build_learner(

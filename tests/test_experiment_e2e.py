@@ -93,7 +93,8 @@ def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
     r = _run(["train", TINY, *GRU, *_paths(shared, killed), "--resume", "--quiet"])
     assert r.returncode == 0, r.stderr[-3000:]
     b = json.loads((run_b / "metrics.json").read_text())
-    assert b["resumed_from_epoch"] >= 3
+    # history.csv gets epoch k's row just before checkpoint k is written: 3 rows seen means >= 2 checkpointed epochs
+    assert b["resumed_from_epoch"] >= 2
     for k in ("accuracy", "macro_f1", "top5", "valid_accuracy", "clip_accuracy", "confusion_matrix", "epochs_run"):
         assert a[k] == b[k], (k, a[k], b[k])
     ha, hb = pd.read_csv(run_a / "history.csv"), pd.read_csv(run_b / "history.csv")
