@@ -136,7 +136,7 @@ def test_killed_build_resumes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"({len(done)} already done)" in r.stdout, r.stdout
     c = FrameCache(out)
-    assert len(c) == 80 and not list(out.rglob("*.tmp-*"))
+    assert len(c) == 80 and not list(out.rglob(".*.tmp"))
     v = next(iter(sorted(done)))
     assert np.array_equal(np.asarray(c.frames(root / "UCF-101" / v)), decode_video(root / "UCF-101" / v)[0])
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..core import atomic_write
 from .decode import VideoDecodeError, decode_video, probe_video, resampled_count
 from .ucf101 import VideoRecord, ucf101_index
 
@@ -185,11 +186,7 @@ def _build_one(args) -> dict:
         return {**entry, "status": "skipped", "reason": e.reason, "src_frames": 0}
     except Exception as e:  # any other decoder failure is a skipped video, never a crashed build
         return {**entry, "status": "skipped", "reason": f"{type(e).__name__}: {e}", "src_frames": 0}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f"{out_file.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, frames)
-    os.replace(tmp, out_file)
+    atomic_write(out_file, lambda f: np.save(f, frames))
     return {**entry, "status": "ok", "frames": int(frames.shape[0]), "shape": list(frames.shape), "src_frames": n_src}
 
 
@@ -251,10 +248,8 @@ def build_frame_cache(
             )
     (out / "frames").mkdir(parents=True, exist_ok=True)
     if not pf.exists():
-        tmp = pf.with_name("params.json.tmp")
-        tmp.write_text(json.dumps(params, indent=1))
-        os.replace(tmp, pf)
-    for stray in (out / "frames").rglob("*.tmp-*"):  # left by a killed build
+        atomic_write(pf, json.dumps(params, indent=1))
+    for stray in (out / "frames").rglob(".*.tmp"):  # atomic_write's temporary files, left by a killed build
         stray.unlink(missing_ok=True)
     manifest = _read_manifest(out / "manifest.jsonl")
     todo, reused = [], 0
