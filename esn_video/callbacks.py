@@ -330,7 +330,8 @@ class TensorBoardLogger(RunCallback):
                 self.writer.add_graph(model, tuple(b[:k]) if k > 1 else b[0], use_strict_trace=False)
             return True
         except Exception as e:  # tracing is optional; never fail a run for it
-            warnings.warn(f"TensorBoard graph of {type(model).__name__} not written: {e}", stacklevel=2)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # jit trace errors run to pages
+            warnings.warn(f"TensorBoard graph of {type(model).__name__} not written: {first}", stacklevel=2)
             return False
         finally:
             model.train(was_training)

@@ -42,7 +42,8 @@ __all__ = ['ConfigError', 'DatasetConfig', 'CacheConfig', 'FeaturesConfig', 'Tra
            'atomic_write_text', 'atomic_write_json', 'git_commit', 'environment_info', 'RunExistsError', 'RunDir',
            'run_name', 'sample_hparams', 'search_points', 'experiment_dir', 'PreparedFeatures', 'group_kfold_split',
            'ensure_dataset', 'split_records', 'frame_cache', 'clip_spec', 'standardize_features', 'prepare_features',
-           'train_model', 'evaluate_run', 'run_comparison', 'train_cli', 'compare_cli', 'evaluate_cli']
+           'PreparedClips', 'prepare_clips', 'prepare_split', 'run_dataloaders', 'train_model', 'evaluate_run',
+           'run_comparison', 'train_cli', 'compare_cli', 'evaluate_cli']
 
 # %% ../nbs/40_experiment.ipynb #10185d26023b46108eb7d9f57d49d2b3
 class ConfigError(ValueError):
@@ -87,6 +88,7 @@ class FeaturesConfig:
         True  # spatial augmentation (crop, colour) of the training views; temporal sampling is always random
     )
     batch_size: int = 16
+    workers: int = 0  # end_to_end: clip-loading worker processes per loader (0: in the training process)
 
 
 @dataclass
@@ -323,11 +325,19 @@ def _validate(cfg: ExperimentConfig, src: str) -> ExperimentConfig:
         bad = [s for s in ev.splits if not 1 <= s <= ev.folds]
         if bad:
             raise ConfigError(f"{src}: evaluation.splits: folds {bad} outside 1..{ev.folds}")
-    if cfg.features.mode != "frozen":
-        raise ConfigError(
-            f"{src}: features.mode: {cfg.features.mode!r} is not run by the experiment runner yet (only 'frozen'); "
-            "train end-to-end models with esn_video.features.EndToEndModel and esn_video.learner directly"
-        )
+    if cfg.features.mode == "end_to_end":
+        for i, m in enumerate(cfg.models):
+            space = m.search.space.get("readout_features")
+            readouts = [m.hp.get("readout_features"), *(space.get("choice", []) if isinstance(space, dict) else [])]
+            if m.kind == "esn" and (
+                "model_space" in readouts or m.hp.get("pca_components") or "pca_components" in m.search.space
+            ):
+                raise ConfigError(
+                    f"{src}: models[{i}] ({m.name}): readout_features 'model_space' and pca_components are fitted "
+                    "on fixed features, so they need features.mode: frozen; under end_to_end choose another readout"
+                )
+    if cfg.features.workers < 0:
+        raise ConfigError(f"{src}: features.workers: must be >= 0, got {cfg.features.workers}")
     if cfg.features.train_views < 1:
         raise ConfigError(f"{src}: features.train_views: must be >= 1, got {cfg.features.train_views}")
     return cfg
@@ -837,7 +847,89 @@ def prepare_features(cfg: ExperimentConfig, split: int, verbose: bool = True) ->
         data_seconds,
     )
 
-# %% ../nbs/40_experiment.ipynb #f61877af4e7f4313ad8234302950b331
+# %% ../nbs/40_experiment.ipynb #84d5ab97d17b4c38ab41a2b065bbd0c0
+class _TestClips:
+    "Every test video's `n_clips` evaluation clips, one item `(clip, label)` each, with `video`, `view`, `labels`."
+
+    def __init__(self, ds):
+        self.ds, n, k = ds, len(ds), ds.spec.n_clips
+        self.video = torch.arange(n).repeat(k)
+        self.view = torch.arange(k).repeat_interleave(n)
+        self.labels = torch.tensor([r.label for r in ds.records], dtype=torch.long).repeat(k)
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def __getitem__(self, i: int):
+        return self.ds.clip(int(self.video[i]), int(self.view[i])), int(self.labels[i])
+
+
+@dataclass
+class PreparedClips:
+    "The clip datasets of one split (or fold) for end-to-end training; nothing is extracted ahead of the models."
+
+    train: Any  # ClipDataset: random, augmented clips
+    valid: Any  # ClipDataset: one deterministic clip per video
+    test: _TestClips
+    classes: list[str]
+    data_seconds: float
+    extraction_seconds: float = 0.0  # the encoder trains inside each model's fit, so it is in each train time
+    test_extraction_seconds: float = 0.0
+
+
+def prepare_clips(cfg: ExperimentConfig, split: int, verbose: bool = True) -> PreparedClips:
+    "Dataset, index, frame cache and the train/valid/test clip datasets of one split or fold."
+    from esn_video.data.loaders import ClipDataset
+
+    t0 = time.perf_counter()
+    root = ensure_dataset(cfg, verbose)
+    classes, tr, va, te = split_records(cfg, root, split)
+    cache = frame_cache(cfg, root, verbose)
+    spec = clip_spec(cfg)
+    test = ClipDataset(te, cache, dataclasses.replace(spec, n_clips=cfg.evaluation.test_clips), train=False)
+    return PreparedClips(
+        ClipDataset(tr, cache, spec, train=True, augment=cfg.features.augment),
+        ClipDataset(va, cache, dataclasses.replace(spec, n_clips=1), train=False),
+        _TestClips(test),
+        list(classes),
+        time.perf_counter() - t0,
+    )
+
+
+def prepare_split(cfg: ExperimentConfig, split: int, verbose: bool = True) -> PreparedFeatures | PreparedClips:
+    "What the models of `cfg` train on: cached features (`frozen`) or clip datasets (`end_to_end`)."
+    return (prepare_clips if cfg.features.mode == "end_to_end" else prepare_features)(cfg, split, verbose)
+
+
+def run_dataloaders(cfg: ExperimentConfig, data: PreparedFeatures | PreparedClips, bs: int, device: str, seed: int,
+                    test: bool = True):  # fmt: skip
+    "fastai `DataLoaders` over `data` (with `.test` when `test`); batches are `(x, lengths, y)` or `(clips, y)`."
+    if isinstance(data, PreparedFeatures):
+        from esn_video.features import feature_dataloaders
+
+        return feature_dataloaders(data.train, data.valid, data.test if test else None, bs=bs, device=device, seed=seed)
+    from fastai.data.core import DataLoaders
+
+    from esn_video.data.loaders import ClipLoader
+
+    dev = get_device(device)
+    kw = dict(num_workers=cfg.features.workers, device=dev, seed=seed)
+    train = ClipLoader(data.train, bs, shuffle=True, drop_last=len(data.train) > bs, **kw)
+    dls = DataLoaders(train, ClipLoader(data.valid, bs, **kw), device=dev)
+    dls.n_inp, dls.c = 1, len(data.classes)
+    dls.test = ClipLoader(data.test, bs, **kw) if test else None
+    return dls
+
+
+def _n_inputs(cfg: ExperimentConfig, data) -> int:
+    "Features per time step the temporal model sees: the cached features' width, or the encoder's output width."
+    if isinstance(data, PreparedFeatures):
+        return data.train.n_features
+    from esn_video.features import build_encoder
+
+    return build_encoder(cfg.features.encoder, **cfg.features.encoder_params).n_features
+
+# %% ../nbs/40_experiment.ipynb #35ffc1ce1c7b4df9ace1bc936b8b1dc2
 def _model_training(cfg: ExperimentConfig, m: ModelConfig) -> TrainingConfig:
     return dataclasses.replace(cfg.training, **m.training)
 
@@ -847,11 +939,14 @@ def _budget_text(cfg: ExperimentConfig, m: ModelConfig) -> str:
     search = ""
     if m.search.trials > 1:
         search = f"random search, {m.search.trials} trials on validation ({', '.join(m.search.space)}); "
-    if m.kind == "esn":
+    if m.kind == "esn" and cfg.features.mode == "frozen":
         ridges = m.hp.get("ridges")
         grid = f"ridge chosen on validation from {len(ridges)} values" if ridges and len(ridges) > 1 else "fixed ridge"
         return search + f"closed-form ridge readout, {grid}"
     es = f"early stopping patience {t.patience}" if t.patience else "no early stopping"
+    if cfg.features.mode == "end_to_end":
+        search += f"end to end with a trainable {cfg.features.encoder} encoder"
+        search += " (reservoir fixed, readout by gradient); " if m.kind == "esn" else "; "
     return search + f"{t.epochs} epochs max, {t.schedule} lr {t.lr:g}, batch {t.batch_size}, {es}"
 
 
@@ -864,7 +959,7 @@ def _video_logits(logits, fs):
     labels = torch.zeros(n, dtype=torch.long).index_copy_(0, vid, fs.labels.long())
     return out / cnt[:, None], labels
 
-# %% ../nbs/40_experiment.ipynb #35ffc1ce1c7b4df9ace1bc936b8b1dc2
+# %% ../nbs/40_experiment.ipynb #903197826d2e44dfa0208e8f97c69327
 def _split_hp(m: ModelConfig, hp: dict) -> tuple[dict, dict]:
     "Constructor hyperparameters vs readout-fit ones (the ESN's `ridge`/`ridges` go to the closed-form fit)."
     if m.kind != "esn":
@@ -877,26 +972,31 @@ def _split_hp(m: ModelConfig, hp: dict) -> tuple[dict, dict]:
     return {k: v for k, v in hp.items() if k not in ("ridge", "ridges")}, fit
 
 
-def _build(m: ModelConfig, hp: dict, n_inputs: int, n_classes: int, seed: int):
-    "The model of `m` with hyperparameters `hp`, its initial (or reservoir) weights drawn from `seed`."
+def _build(m: ModelConfig, hp: dict, n_inputs: int, n_classes: int, seed: int, cfg: ExperimentConfig | None = None):
+    """The model of `m` with hyperparameters `hp`, its initial (or reservoir) weights drawn from `seed`; under
+    `end_to_end` (see `cfg`) wrapped with a fresh trainable encoder in an `EndToEndModel`."""
     from esn_video.models.baselines import build_model
 
     seed_everything(seed)
-    return build_model(m.kind, n_inputs=n_inputs, n_classes=n_classes, **_split_hp(m, hp)[0])
+    if cfg is None or cfg.features.mode != "end_to_end":
+        return build_model(m.kind, n_inputs=n_inputs, n_classes=n_classes, **_split_hp(m, hp)[0])
+    from esn_video.features import EndToEndModel, build_encoder
+
+    enc = build_encoder(cfg.features.encoder, **cfg.features.encoder_params)
+    temporal = build_model(m.kind, n_inputs=enc.n_features, n_classes=n_classes, **_split_hp(m, hp)[0])
+    return EndToEndModel(enc, temporal)
 
 
 def _fit(cfg: ExperimentConfig, m: ModelConfig, hp: dict, feats: PreparedFeatures, seed: int, run_dir: Path,
          resume: bool = False, record: bool = True) -> tuple[Any, dict]:  # fmt: skip
     "Fit model `m` with `hp` through the learner into `run_dir`; return (learner, the learner's training record)."
     from esn_video.checkpoint import resume_from
-    from esn_video.features import feature_dataloaders
     from esn_video.learner import build_learner, fit_closed_form, train
     from esn_video.tracking import MlflowSettings
 
     t = _model_training(cfg, m)
-    model = _build(m, hp, feats.train.n_features, len(feats.classes), seed)
-    test = feats.test if record else None  # search trials never look at the test split
-    dls = feature_dataloaders(feats.train, feats.valid, test, bs=t.batch_size, device=t.device, seed=seed)
+    model = _build(m, hp, _n_inputs(cfg, feats), len(feats.classes), seed, cfg)
+    dls = run_dataloaders(cfg, feats, t.batch_size, t.device, seed, test=record)  # search trials never see test
     mlflow = None
     if cfg.mlflow.enabled and record:
         mlflow = MlflowSettings(
@@ -910,7 +1010,7 @@ def _fit(cfg: ExperimentConfig, m: ModelConfig, hp: dict, feats: PreparedFeature
         classes=feats.classes, mlflow=mlflow, save_best=record, **flags,
     )  # fmt: skip
     start = resume_from(learn, run_dir) if resume else 0
-    if m.kind == "esn":
+    if m.kind == "esn" and cfg.features.mode == "frozen":
         rec = fit_closed_form(learn, **_split_hp(m, hp)[1], start_epoch=start, plots=record, throughput=record)
     else:
         rec = train(
@@ -956,7 +1056,7 @@ def _search(cfg: ExperimentConfig, m: ModelConfig, feats: PreparedFeatures, seed
         if i < len(done):
             continue
         t0 = time.perf_counter()
-        if m.kind == "esn":
+        if m.kind == "esn" and cfg.features.mode == "frozen":
             hp, acc = _esn_trial(cfg, m, hp, feats, seed)
         else:
             with tempfile.TemporaryDirectory() as tmp:
@@ -975,7 +1075,7 @@ def _video_report(learn, feats: PreparedFeatures) -> dict:
     from esn_video.callbacks import predict_logits
     from esn_video.metrics import classification_report
 
-    logits, _ = predict_logits(learn.model, learn.test_dl, 2)
+    logits, _ = predict_logits(learn.model, learn.test_dl, learn.dls.n_inp)
     vl, vy = _video_logits(logits, feats.test)
     rep = classification_report(vl, vy, feats.classes)
     rep["test_clips"] = int(feats.test.view.max()) + 1
@@ -1002,8 +1102,9 @@ def train_model(
     if verbose:
         print(f"{rd.path.name}: {mode} run in {rd.path}", flush=True)
     try:
-        feats = features or prepare_features(cfg, split, verbose)
-        if m.search.trials > 1 or (m.kind == "esn" and len(m.hp.get("ridges", [])) > 1):
+        feats = features or prepare_split(cfg, split, verbose)
+        ridge_grid = m.kind == "esn" and cfg.features.mode == "frozen" and len(m.hp.get("ridges", [])) > 1
+        if m.search.trials > 1 or ridge_grid:
             hp, trials = _search(cfg, m, feats, seed, rd, verbose)  # a ridge grid alone is a one-trial search
         else:
             hp, trials = dict(m.hp), []
@@ -1024,7 +1125,7 @@ def train_model(
             "model_spec": {
                 "kind": m.kind,
                 "hp": hp,
-                "n_inputs": feats.train.n_features,
+                "n_inputs": _n_inputs(cfg, feats),
                 "n_classes": len(feats.classes),
             },
             "budget": _budget_text(cfg, m),
@@ -1039,6 +1140,7 @@ def train_model(
             "feature_seconds": share,
             "feature_extraction_seconds": feats.extraction_seconds,
             "feature_sharing_models": len(cfg.models),
+            "features_mode": cfg.features.mode,
             "search": trials,
             "epochs_run": rec["epochs_run"],
             "best_epoch": rec.get("best_epoch"),
@@ -1068,7 +1170,7 @@ def train_model(
         )  # fmt: skip
     return metrics
 
-# %% ../nbs/40_experiment.ipynb #903197826d2e44dfa0208e8f97c69327
+# %% ../nbs/40_experiment.ipynb #81ff116bae5b45f6b6dae177083008cf
 def evaluate_run(run_dir: str | Path, test_clips: int | None = None, verbose: bool = False) -> dict:
     "Test metrics (per video, logits averaged over `test_clips` clips) of the best weights saved in `run_dir`."
     from esn_video.callbacks import predict_logits
@@ -1083,14 +1185,12 @@ def evaluate_run(run_dir: str | Path, test_clips: int | None = None, verbose: bo
     rec = json.loads(rd.metrics.read_text())
     spec = rec["model_spec"]
     m = cfg.model(rec["model"])
-    feats = prepare_features(cfg, int(rec["split"]), verbose)
-    model = _build(m, spec["hp"], spec["n_inputs"], spec["n_classes"], int(rec["seed"]))
+    feats = prepare_split(cfg, int(rec["split"]), verbose)
+    model = _build(m, spec["hp"], spec["n_inputs"], spec["n_classes"], int(rec["seed"]), cfg)
     state = torch.load(rd.best_weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
-    from esn_video.features import feature_dataloaders
-
-    dls = feature_dataloaders(feats.train, feats.valid, feats.test, bs=64, device="cpu")
-    logits, _ = predict_logits(model, dls.test, 2)
+    dls = run_dataloaders(cfg, feats, 64, "cpu", int(rec["seed"]))
+    logits, _ = predict_logits(model, dls.test, dls.n_inp)
     vl, vy = _video_logits(logits, feats.test)
     rep = classification_report(vl, vy, feats.classes)
     rep["test_clips"] = cfg.evaluation.test_clips
@@ -1098,7 +1198,7 @@ def evaluate_run(run_dir: str | Path, test_clips: int | None = None, verbose: bo
     atomic_write_json(rd.path / "evaluation.json", rep)
     return rep
 
-# %% ../nbs/40_experiment.ipynb #81ff116bae5b45f6b6dae177083008cf
+# %% ../nbs/40_experiment.ipynb #15abde8c5d2e435093904b13db685a53
 def run_comparison(
     cfg: ExperimentConfig,
     models: list[str] | None = None,
@@ -1120,14 +1220,14 @@ def run_comparison(
                     out.append(json.loads(rd.metrics.read_text()))
                     continue
                 if feats is None:
-                    feats = prepare_features(cfg, split, verbose)
+                    feats = prepare_split(cfg, split, verbose)
                 res = train_model(
                     cfg, m.name, split, seed, resume=resume, overwrite=overwrite, features=feats, verbose=verbose
                 )
                 out.append(res)
     return out
 
-# %% ../nbs/40_experiment.ipynb #15abde8c5d2e435093904b13db685a53
+# %% ../nbs/40_experiment.ipynb #72c31777baf4441b988909d29205560c
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML, e.g. configs/default.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,3 +126,26 @@ def test_run_executes_the_training_notebook(shared, tmp_path):
     assert "accuracy %" in r.stdout and "esn" in r.stdout  # the table is printed
     summary = json.loads((tmp_path / "models" / "tiny" / "report" / "summary.json").read_text())
     assert set(summary) == {"esn", "gru", "mean"}
+
+
+def test_compare_cross_validates_over_official_splits_and_seeds(shared, tmp_path):
+    "`esn-video compare` over UCF101's three official splits and two seeds: one run each, mean and spread reported."
+    models = tmp_path / "models"
+    over = ["--set", "evaluation.splits=[1, 2, 3]", "--set", "evaluation.seeds=[0, 1]"]
+    r = _run(["compare", TINY, "--models", "esn,mean", *over, *_paths(shared, models), "--quiet"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (models / "tiny").glob("*/metrics.json")}
+    assert set(runs) == {f"{m}-split{k}-seed{s}" for m in ("esn", "mean") for k in (1, 2, 3) for s in (0, 1)}
+    # the three splits test on different groups (UCF101's groups 1-7, 8-14, 15-21): their test sets differ
+    test_sizes = {k: runs[f"mean-split{k}-seed0"]["n_test_videos"] for k in (1, 2, 3)}
+    assert all(n > 0 for n in test_sizes.values()), test_sizes
+    esn = [runs[f"esn-split{k}-seed{s}"] for k in (1, 2, 3) for s in (0, 1)]
+    summary = json.loads((models / "tiny" / "report" / "summary.json").read_text())
+    acc = np.array([x["accuracy"] for x in esn])
+    assert abs(summary["esn"]["accuracy"] - acc.mean()) < 1e-9
+    assert abs(summary["esn"]["accuracy_std"] - acc.std(ddof=1)) < 1e-9
+    results = pd.read_csv(models / "tiny" / "report" / "results.csv")
+    assert len(results) == 12 and sorted(set(results["split"])) == [1, 2, 3] and sorted(set(results["seed"])) == [0, 1]
+    report = (models / "tiny" / "report" / "report.md").read_text()
+    assert "splits [1, 2, 3]" in report and "seeds [0, 1]" in report, report[:2000]
+    assert "±" in r.stdout  # the printed table shows the spread over the six runs
