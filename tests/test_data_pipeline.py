@@ -1,7 +1,9 @@
 """The whole data pipeline on small generated trees: synth tree -> index -> frame cache -> clip datasets -> loaders.
 
 Covers the cases that cross chapters: damaged videos, a build killed with SIGKILL and resumed, stale parameters,
-broken split files, and that the temporal augmentations keep the label.
+broken split files, that the temporal augmentations keep the label, that the fused augmentation (one colour matrix,
+one crop/resize/flip) matches torchvision's functional ops on cached frames, and that batches handed over by worker
+processes through the loader's shared slots equal those built in the main process.
 """
 
 from __future__ import annotations
@@ -217,3 +219,78 @@ def test_temporal_augmentation_keeps_labels(tree, cache):
     for k in ("speed (strides 1-3)", "jitter", "segments"):
         assert acc[k] >= acc["none"] - 0.15, acc
         assert acc[k] >= acc["reversal (control)"] + 0.15, acc
+
+
+def _cached_clips(tree, cache, n=6):
+    "uint8 clips (T, 3, H, W) straight from the cache, in its channels-last layout."
+    idx = ucf101_index(tree)
+    recs = [r for r in idx.train if r in cache][:n]
+    return [torch.from_numpy(np.array(cache.frames(r)[:12])).permute(0, 3, 1, 2) for r in recs]
+
+
+def test_fused_colour_matrix_matches_torchvision(tree, cache):
+    "One colour matrix per clip == torchvision.transforms.v2's brightness, contrast, saturation (that order) on a video."
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    from esn_video.data.transforms import jitter_colour
+
+    g = torch.Generator().manual_seed(0)
+    for clip in _cached_clips(tree, cache):
+        b, c, s = (0.75 + 0.5 * torch.rand(3, generator=g)).tolist()
+        ref = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(tv_tensors.Video(clip), b), c), s)
+        d = (jitter_colour(clip, b, c, s).int() - ref.as_subclass(torch.Tensor).int()).abs().float()
+        # torchvision rounds down after each step, and clamps between steps (a few saturated pixels)
+        assert d.mean() <= 2 and d.quantile(0.99) <= 3, (b, c, s, d.mean(), d.max())
+
+
+def test_augment_matches_reference_crop_flip(tree, cache):
+    "ClipAugment's crop + resize + flip (+ colour) == torchvision's resized_crop and horizontal_flip with the same box."
+    from torchvision.transforms.v2 import functional as F
+
+    from esn_video.data.transforms import ClipAugment, jitter_colour
+
+    plain = ClipAugment((28, 20), brightness=0, contrast=0, saturation=0)
+    full = ClipAugment((28, 20))
+    for k, clip in enumerate(_cached_clips(tree, cache)):
+        torch.manual_seed(k)
+        p = full.params(*clip.shape[-2:])
+        assert 0 <= p.top and p.top + p.height <= 24 and 0 <= p.left and p.left + p.width <= 32
+        ref = F.resized_crop(clip.contiguous(), p.top, p.left, p.height, p.width, [20, 28], antialias=True)
+        ref = F.horizontal_flip(ref) if p.flip else ref
+        assert (plain.apply(clip, p).int() - ref.int()).abs().max() <= 1
+        want = jitter_colour(ref, p.brightness, p.contrast, p.saturation, p.hue)
+        assert (full.apply(clip, p).int() - want.int()).abs().max() <= 2
+        out = full(clip)  # drawn once per clip: identical frames stay identical
+        same = full(clip[:1].expand(5, -1, -1, -1))
+        assert out.shape == (12, 3, 20, 28) and torch.equal(same, same[:1].expand_as(same))
+
+
+def test_worker_batches_equal_in_process(tree, cache):
+    "Batches handed over through the loader's shared slots == batches built in the main process, and are the caller's."
+    from esn_video.data.loaders import ClipLoader
+
+    idx = ucf101_index(tree)
+    spec = ClipSpec(n_frames=8, stride=2, size=(32, 24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = ClipDataset(idx.train, cache, spec, train=False)
+    ref = [(x.clone(), y.clone()) for x, y in ClipLoader(ds, 4, num_workers=0)]
+    dl = ClipLoader(ds, 4, num_workers=2)
+    for _epoch in range(2):  # persistent workers: the same slots in both epochs
+        got = list(dl)
+        assert len(got) == len(ref)
+        for (x, y), (rx, ry) in zip(got, ref):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+    assert dl._tasks.n_slots == 5 and dl.dataset.slots is not None
+    # augmented training batches: the same seed gives the same batches through the slots
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train = ClipDataset(idx.train, cache, spec, train=True)
+
+    def first(seed):
+        seed_everything(seed)
+        return next(iter(ClipLoader(train, 4, shuffle=True, num_workers=2, seed=seed, persistent_workers=False)))
+
+    a, b = first(3), first(3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -7,16 +7,21 @@ Docs: https://esn-video.github.io/esn-video/data.transforms.html.md"""
 # %% ../../nbs/14_data.transforms.ipynb #8dd0d8092fe74a7c96281538738b07e2
 from __future__ import annotations
 
+import ctypes
+import functools
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from fastai.data.transforms import ItemTransform
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 # %% auto #0
-__all__ = ['GREY_WEIGHTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'single_thread', 'ClipColorJitter', 'ClipAugment', 'ClipResizeCrop',
+__all__ = ['GREY_WEIGHTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'single_thread', 'keep_freed_memory', 'colour_matrix',
+           'jitter_colour', 'ClipColorJitter', 'ClipParams', 'crop_box', 'ClipAugment', 'ClipResizeCrop',
            'NormalizeClips']
 
 # %% ../../nbs/14_data.transforms.ipynb #10185d26023b46108eb7d9f57d49d2b3
@@ -34,42 +39,128 @@ def single_thread():
         torch.set_num_threads(n)
 
 # %% ../../nbs/14_data.transforms.ipynb #7623eae2785240b9bd12b16a66d81610
+def keep_freed_memory(block_mb: int = 32, keep_mb: int = 256) -> bool:
+    "Ask glibc's malloc to keep freed blocks up to `block_mb` (at most `keep_mb` in all) for reuse instead of returning them to the kernel; False where that is not possible (not glibc)."
+    global _MEMORY_KEPT
+    if _MEMORY_KEPT is None:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            # M_MMAP_THRESHOLD (-3): blocks this large come from the heap; M_TRIM_THRESHOLD (-1): free heap kept
+            _MEMORY_KEPT = libc.mallopt(-3, block_mb << 20) == 1 and libc.mallopt(-1, keep_mb << 20) == 1
+        except (OSError, AttributeError):
+            _MEMORY_KEPT = False
+    return _MEMORY_KEPT
+
+
+_MEMORY_KEPT: bool | None = None
+
+# %% ../../nbs/14_data.transforms.ipynb #b118ea5561624da68c537baed56e602f
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
+_RGB_TO_YIQ = np.array([GREY_WEIGHTS, (0.5959, -0.2746, -0.3213), (0.2115, -0.5227, 0.3112)])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
+def colour_matrix(
+    brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0, hue: float = 0.0, grey_mean: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    "`(M, o)` such that `M x + o` is brightness, contrast (around `grey_mean`, the input's mean grey), saturation and hue (a fraction of a turn) applied in turn to the RGB pixel `x`."
+    w, one = np.array(GREY_WEIGHTS), np.ones(3)
+    M = brightness * contrast * np.eye(3)
+    o = (1 - contrast) * brightness * grey_mean * one
+    S = saturation * np.eye(3) + (1 - saturation) * np.outer(one, w)
+    M, o = S @ M, S @ o
+    if hue:
+        a = -2 * np.pi * hue  # negative in (I, Q): red turns towards yellow, as in HSV
+        R = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
+        Hm = _YIQ_TO_RGB @ R @ _RGB_TO_YIQ
+        M, o = Hm @ M, Hm @ o
+    return M, o
+
+
+@functools.lru_cache(maxsize=8)
+def _grey_mean_weights(n: int) -> torch.Tensor:
+    "Weights that turn `n` interleaved RGB values into their mean grey (a dot product)."
+    return torch.tensor(GREY_WEIGHTS).repeat(n // 3) / (n // 3)
+
+
+def jitter_colour(
+    clip: torch.Tensor, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0, hue: float = 0.0
+) -> torch.Tensor:
+    "Colour jitter of a uint8 clip `(..., 3, H, W)` (contrast pivot: each frame's mean grey): one colour matrix, one pass."
+    shape = clip.shape
+    x = clip.reshape(-1, 3, *shape[-2:]).float().contiguous(memory_format=torch.channels_last)
+    M, o = colour_matrix(brightness, contrast, saturation, hue, grey_mean=1.0)  # o: the offset per unit of mean grey
+    weight = torch.from_numpy(M).float()[:, :, None, None]
+    y = torch.nn.functional.conv2d(x, weight, torch.full((3,), 0.5))  # +0.5: rounds when truncated to uint8
+    if contrast != 1:  # o is (k, k, k): saturation and hue keep grey grey; add k x each frame's mean grey
+        flat = x.permute(0, 2, 3, 1).reshape(len(x), -1)  # a view: each frame's pixels, RGB interleaved
+        m = flat @ _grey_mean_weights(flat.shape[1])  # each frame's mean grey, one matrix-vector product
+        y.permute(0, 2, 3, 1).view(len(x), -1).add_((m * float(o[0]))[:, None])
+    y.clamp_(0, 255)
+    return torch.from_numpy(y.numpy().astype(np.uint8)).reshape(shape)  # numpy's float->uint8 is ~4x torch's
+
+# %% ../../nbs/14_data.transforms.ipynb #938c804e27f84196a10c8828c723f798
 class ClipColorJitter:
-    "Brightness, contrast and saturation jitter of a uint8 clip (T, 3, H, W), factors drawn once per clip, applied as one colour matrix."
+    "Brightness, contrast, saturation (and hue) jitter of a uint8 clip (T, 3, H, W), factors drawn once per clip, applied as one colour matrix."
 
-    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3):
-        self.ranges = [(max(0.0, 1 - f), 1 + f) for f in (brightness, contrast, saturation)]
-        self.w = torch.tensor(GREY_WEIGHTS)
+    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3, hue: float = 0.0):
+        self.ranges = [(max(0.0, 1 - f), 1 + f) for f in (brightness, contrast, saturation)] + [(-hue, hue)]
 
-    def factors(self) -> tuple[float, float, float]:
-        "Draw (brightness, contrast, saturation) factors from torch's generator."
-        return tuple(float(torch.empty(()).uniform_(lo, hi)) if hi > lo else lo for lo, hi in self.ranges)
+    def factors(self) -> tuple[float, float, float, float]:
+        "Draw (brightness, contrast, saturation, hue) factors from torch's generator."
+        u = torch.rand(4, dtype=torch.float64).tolist()
+        return tuple(lo + (hi - lo) * v for (lo, hi), v in zip(self.ranges, u))
 
-    def apply(self, clip: torch.Tensor, b: float, c: float, s: float) -> torch.Tensor:
+    def apply(self, clip: torch.Tensor, b: float, c: float, s: float, h: float = 0.0) -> torch.Tensor:
         "Apply the given factors to every frame of `clip`."
-        x = clip.float()
-        m = x.mean((-2, -1)) @ self.w  # mean grey of each frame
-        M = b * c * s * torch.eye(3) + b * c * (1 - s) * torch.outer(torch.ones(3), self.w)
-        y = torch.einsum("ij,...jhw->...ihw", M, x) + (b * (1 - c) * m)[..., None, None, None]
-        return y.clamp_(0, 255).round_().to(torch.uint8)
+        with single_thread():
+            return jitter_colour(clip, b, c, s, h)
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         return self.apply(clip, *self.factors())
 
     def __repr__(self) -> str:
-        return f"ClipColorJitter(brightness, contrast, saturation in {self.ranges})"
+        return f"ClipColorJitter(brightness, contrast, saturation, hue in {self.ranges})"
 
-# %% ../../nbs/14_data.transforms.ipynb #b118ea5561624da68c537baed56e602f
+# %% ../../nbs/14_data.transforms.ipynb #8a65eabff63a45729fe45fb5ade58bdc
+@dataclass(frozen=True)
+class ClipParams:
+    "One clip's augmentation: the crop box in the input frame, the flip and the colour factors."
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool = False
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+
+
+def crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], u: Sequence[float]
+) -> tuple[int, int, int, int]:
+    "A random crop `(top, left, h, w)` of area `scale` x the frame's, aspect log-uniform in `ratio`, from 22 uniforms `u`."
+    area, lr = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    for k in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * k])
+        r = math.exp(lr[0] + (lr[1] - lr[0]) * u[2 * k + 1])
+        w, h = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u[20] * (height - h + 1)), int(u[21] * (width - w + 1)), h, w
+    r = width / height  # fall back to the largest centred crop with an allowed aspect ratio
+    w, h = (width, round(width / ratio[0])) if r < ratio[0] else (round(height * ratio[1]), height) if r > ratio[1] else (width, height)  # fmt: skip
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 class ClipAugment:
-    "Random resized crop to `size` (W, H), horizontal flip and colour jitter, drawn once per clip; uint8 (T, C, H, W) in and out."
+    "Random resized crop to `size` (W, H), horizontal flip and colour jitter, drawn once per clip, applied as one crop, one resize and one colour matrix; uint8 (T, C, H, W) in and out."
 
     def __init__(
         self,
         size: tuple[int, int] = (112, 112),
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] | None = (0.5, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: float = 0.5,
         brightness: float = 0.3,
@@ -77,35 +168,38 @@ class ClipAugment:
         saturation: float = 0.3,
         hue: float = 0.0,
     ):
-        self.size = tuple(size)
-        steps = []
-        if scale is not None:
-            steps.append(v2.RandomResizedCrop((size[1], size[0]), scale=scale, ratio=ratio, antialias=True))
-        else:
-            steps.append(v2.Resize((size[1], size[0]), antialias=True))
-        if flip:
-            steps.append(v2.RandomHorizontalFlip(flip))
-        self.spatial = v2.Compose(steps)
-        self.colour = (
-            ClipColorJitter(brightness, contrast, saturation) if brightness or contrast or saturation else None
-        )
-        self.hue = v2.ColorJitter(hue=hue) if hue else None
+        self.size, self.scale, self.ratio, self.flip = tuple(size), scale, tuple(ratio), flip
+        self.colour = ClipColorJitter(brightness, contrast, saturation, hue)
+        self.jitter = bool(brightness or contrast or saturation or hue)
+
+    def params(self, height: int, width: int) -> ClipParams:
+        "Draw one clip's parameters for frames of `height` x `width` from torch's generator (one draw)."
+        u = torch.rand(27, dtype=torch.float64).tolist()
+        box = (0, 0, height, width) if self.scale is None else crop_box(height, width, self.scale, self.ratio, u)
+        f = [lo + (hi - lo) * v for (lo, hi), v in zip(self.colour.ranges, u[23:])]
+        return ClipParams(*box, u[22] < self.flip, *f)
+
+    def apply(self, clip: torch.Tensor, p: ClipParams) -> torch.Tensor:
+        "Apply the parameters `p` to every frame of the uint8 clip (T, C, H, W)."
+        x = clip[..., p.top : p.top + p.height, p.left : p.left + p.width]
+        w, h = self.size
+        if x.shape[-2:] != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        if self.jitter:
+            x = jitter_colour(x, p.brightness, p.contrast, p.saturation, p.hue)
+        return x.flip(-1) if p.flip else x
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         if clip.ndim != 4 or clip.dtype != torch.uint8:
             raise ValueError(f"ClipAugment expects a uint8 clip (T, C, H, W), got {clip.dtype} {tuple(clip.shape)}")
+        keep_freed_memory()  # once per process; without it this is 4x slower (see above)
         with single_thread():
-            x = self.spatial(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
-            if self.colour is not None:
-                x = self.colour(x)
-            if self.hue is not None:
-                x = self.hue(tv_tensors.Video(x)).as_subclass(torch.Tensor)
-            return x
+            return self.apply(clip, self.params(*clip.shape[-2:]))
 
     def __repr__(self) -> str:
-        return f"ClipAugment({self.spatial}, {self.colour}, hue={self.hue})"
+        return f"ClipAugment(size={self.size}, scale={self.scale}, ratio={self.ratio}, flip={self.flip}, {self.colour})"
 
-# %% ../../nbs/14_data.transforms.ipynb #c3933fab20d04ec698c2621248eb3be0
+# %% ../../nbs/14_data.transforms.ipynb #1671c31a24314836a5b85d7ef7fbf015
 class ClipResizeCrop:
     "Deterministic resize (short side) and centre crop to `size` (W, H); the identity when the clip already has that size."
 
@@ -127,7 +221,7 @@ class ClipResizeCrop:
     def __repr__(self) -> str:
         return f"ClipResizeCrop({self.size})"
 
-# %% ../../nbs/14_data.transforms.ipynb #3ed186c9a28b402fb0bc4494df01f08d
+# %% ../../nbs/14_data.transforms.ipynb #f5a1fa73e5044315a093ec459c9be902
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
