@@ -24,7 +24,7 @@ from fastai.learner import CancelEpochException, Learner
 from fastai.torch_core import get_model
 from torch import nn
 
-from .core import atomic_write
+from .core import atomic_write, pyplot, save_figure
 
 # %% auto #0
 __all__ = ['predict_logits', 'RunCallback', 'RunLearner', 'EpochTimer', 'TestSetEvalCallback', 'HistoryCSVLogger',
@@ -241,11 +241,7 @@ def history_frame(learn) -> pd.DataFrame:
 
 def plot_training_curves(history: pd.DataFrame, path: Path | str | None = None, title: str = ""):
     "Loss curves (train/valid/test) and metric curves (valid and test) per epoch; saved to `path` if given."
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot(headless=path is not None)
 
     losses = [c for c in history.columns if c.endswith("loss")]
     mets = [c for c in history.columns if not c.endswith("loss")]
@@ -263,9 +259,7 @@ def plot_training_curves(history: pd.DataFrame, path: Path | str | None = None, 
     fig.suptitle(title or "training curves (dashed: test set, never used for selection)", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
     return fig
 
 

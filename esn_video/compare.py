@@ -7,14 +7,17 @@ Docs: https://esn-video.github.io/esn-video/compare.html.md"""
 # %% ../nbs/41_compare.ipynb #8dd0d8092fe74a7c96281538738b07e2
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .core import atomic_write
+from .core import atomic_write, pyplot, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['RESULT_COLUMNS', 'SUMMARY_FIGURES', 'RECURRENT_KINDS', 'collect_results', 'summarize', 'headline', 'comparison_table',
@@ -183,20 +186,8 @@ def headline_text(hl: dict | None) -> str:
     return "\n".join(out)
 
 # %% ../nbs/41_compare.ipynb #c3933fab20d04ec698c2621248eb3be0
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _scatter(summary: dict, xkey: str, xlabel: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+def _scatter(summary: dict, xkey: str, xlabel: str) -> Figure:
+    plt = pyplot(headless=True)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, s in summary.items():
@@ -206,14 +197,11 @@ def _scatter(summary: dict, xkey: str, xlabel: str) -> bytes:
     ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel="test accuracy %")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
 
 
-def _curves(experiment_dir: Path, results: pd.DataFrame) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+def _curves(experiment_dir: Path, results: pd.DataFrame) -> Figure:
+    plt = pyplot(headless=True)
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     colours = {}
@@ -232,7 +220,7 @@ def _curves(experiment_dir: Path, results: pd.DataFrame) -> bytes:
     ax.set(xlabel="epoch", ylabel="validation accuracy %", title="training curves")
     if colours:
         ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 # %% ../nbs/41_compare.ipynb #8309879909854d7188b41380fd92a7c3
 def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
@@ -252,11 +240,12 @@ def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
         for k, v in summary.items()
     }
     atomic_write(out / "summary.json", (json.dumps(slim, indent=2) + "\n").encode())
-    atomic_write(
-        out / "accuracy_vs_time.png", _scatter(summary, "fit_seconds", "fit seconds (search + features + fit)")
+    tight = dict(bbox_inches="tight")
+    save_figure(
+        _scatter(summary, "fit_seconds", "fit seconds (search + features + fit)"), out / "accuracy_vs_time.png", **tight
     )
-    atomic_write(out / "accuracy_vs_params.png", _scatter(summary, "trainable_params", "trainable parameters"))
-    atomic_write(out / "curves.png", _curves(experiment_dir, results))
+    save_figure(_scatter(summary, "trainable_params", "trainable parameters"), out / "accuracy_vs_params.png", **tight)
+    save_figure(_curves(experiment_dir, results), out / "curves.png", **tight)
     table = comparison_table(summary)
     splits = sorted(set(results["split"].dropna().astype(int)))
     seeds = sorted(set(results["seed"].dropna().astype(int)))

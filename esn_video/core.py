@@ -25,7 +25,8 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'seed_worker', 'torch_generator', 'get_device', 'find_project_root', 'ProjectPaths',
-           'project_paths', 'Measurement', 'measure', 'atomic_write', 'count_parameters']
+           'project_paths', 'Measurement', 'measure', 'atomic_write', 'pyplot', 'save_figure', 'single_thread',
+           'count_parameters']
 
 # %% ../nbs/00_core.ipynb #4af647a9
 def seed_everything(seed: int, deterministic: bool = False) -> int:
@@ -251,6 +252,39 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+# %% ../nbs/00_core.ipynb #d2f29ab7
+def pyplot(headless: bool = False):
+    "`matplotlib.pyplot`, imported on first use; `headless` switches to the file-only Agg backend first."
+    import matplotlib
+
+    if headless:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100, **savefig_kw) -> Path:
+    "Write the matplotlib figure `fig` to `path` atomically (format from the suffix), close it; return `path`."
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, **savefig_kw))
+    pyplot().close(fig)
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #45b284f6
+@contextmanager
+def single_thread() -> Iterator[None]:
+    "Run torch ops on one intra-op thread inside the block (the previous count is restored afterwards)."
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 # %% ../nbs/00_core.ipynb #57c3a33a
 def count_parameters(module: torch.nn.Module) -> dict[str, int]:

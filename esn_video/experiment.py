@@ -921,13 +921,9 @@ def run_dataloaders(cfg: ExperimentConfig, data: PreparedFeatures | PreparedClip
     return dls
 
 
-def _n_inputs(cfg: ExperimentConfig, data) -> int:
-    "Features per time step the temporal model sees: the cached features' width, or the encoder's output width."
-    if isinstance(data, PreparedFeatures):
-        return data.train.n_features
-    from esn_video.features import build_encoder
-
-    return build_encoder(cfg.features.encoder, **cfg.features.encoder_params).n_features
+def _n_inputs(data: PreparedFeatures | PreparedClips) -> int | None:
+    "Width of the cached features the temporal model reads; None end to end, where the model's own encoder sets it."
+    return data.train.n_features if isinstance(data, PreparedFeatures) else None
 
 # %% ../nbs/40_experiment.ipynb #8b885676
 def _model_training(cfg: ExperimentConfig, m: ModelConfig) -> TrainingConfig:
@@ -972,7 +968,9 @@ def _split_hp(m: ModelConfig, hp: dict) -> tuple[dict, dict]:
     return {k: v for k, v in hp.items() if k not in ("ridge", "ridges")}, fit
 
 
-def _build(m: ModelConfig, hp: dict, n_inputs: int, n_classes: int, seed: int, cfg: ExperimentConfig | None = None):
+def _build(
+    m: ModelConfig, hp: dict, n_inputs: int | None, n_classes: int, seed: int, cfg: ExperimentConfig | None = None
+):
     """The model of `m` with hyperparameters `hp`, its initial (or reservoir) weights drawn from `seed`; under
     `end_to_end` (see `cfg`) wrapped with a fresh trainable encoder in an `EndToEndModel`."""
     from esn_video.models.baselines import build_model
@@ -995,7 +993,7 @@ def _fit(cfg: ExperimentConfig, m: ModelConfig, hp: dict, feats: PreparedFeature
     from esn_video.tracking import MlflowSettings
 
     t = _model_training(cfg, m)
-    model = _build(m, hp, _n_inputs(cfg, feats), len(feats.classes), seed, cfg)
+    model = _build(m, hp, _n_inputs(feats), len(feats.classes), seed, cfg)
     dls = run_dataloaders(cfg, feats, t.batch_size, t.device, seed, test=record)  # search trials never see test
     mlflow = None
     if cfg.mlflow.enabled and record:
@@ -1127,7 +1125,7 @@ def train_model(
             "model_spec": {
                 "kind": m.kind,
                 "hp": hp,
-                "n_inputs": _n_inputs(cfg, feats),
+                "n_inputs": _n_inputs(feats) or learn.model.encoder.n_features,
                 "n_classes": len(feats.classes),
             },
             "budget": _budget_text(cfg, m),

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from fastai.learner import Metric
 
+from .core import pyplot, save_figure
+
 # %% auto #0
 __all__ = ['to_predictions', 'accuracy_score', 'top_k_accuracy_score', 'confusion_matrix', 'per_class_f1', 'macro_f1_score',
            'classification_report', 'ClassificationMetric', 'accuracy_metric', 'top_k_accuracy', 'macro_f1',
@@ -154,11 +156,7 @@ def plot_confusion_matrix(
     cm, classes: Sequence[str], path: Path | str | None = None, title: str = "", normalize: bool = True
 ):
     "Draw the confusion matrix (rows: true class, normalised per row by default); save it to `path` if given."
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot(headless=path is not None)
 
     cm = np.asarray(cm, dtype=float)
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
@@ -187,7 +185,5 @@ def plot_confusion_matrix(
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
     return fig

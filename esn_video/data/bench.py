@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core import single_thread
 from .cache import build_frame_cache
 from .loaders import ClipDataset, ClipLoader, ClipSpec, VideoSource
-from .transforms import ClipAugment, single_thread
+from .transforms import ClipAugment
 from .ucf101 import find_layout, ucf101_index
 
 # %% auto #0

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 
-from ..core import get_device, seed_worker, torch_generator
+from ..core import get_device, seed_worker, single_thread, torch_generator
 from .cache import FrameCache
 from .decode import VideoDecodeError, decode_video, probe_video, resampled_count
-from .transforms import ClipAugment, ClipResizeCrop, NormalizeClips, keep_freed_memory, single_thread
+from .transforms import ClipAugment, ClipResizeCrop, NormalizeClips, keep_freed_memory
 from .ucf101 import UCF101Index, VideoRecord
 
 # %% auto #0

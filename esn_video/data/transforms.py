@@ -11,7 +11,6 @@ import ctypes
 import functools
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,24 +18,11 @@ import torch
 from fastai.data.transforms import ItemTransform
 from torchvision.transforms import v2
 
-# %% auto #0
-__all__ = ['GREY_WEIGHTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'single_thread', 'keep_freed_memory', 'colour_matrix',
-           'jitter_colour', 'ClipColorJitter', 'ClipParams', 'crop_box', 'ClipAugment', 'ClipResizeCrop',
-           'NormalizeClips']
+from ..core import single_thread
 
-# %% ../../nbs/14_data.transforms.ipynb #10185d26023b46108eb7d9f57d49d2b3
-@contextmanager
-def single_thread():
-    "Run torch ops on one intra-op thread inside the block (restored afterwards)."
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+# %% auto #0
+__all__ = ['GREY_WEIGHTS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'keep_freed_memory', 'colour_matrix', 'jitter_colour',
+           'ClipColorJitter', 'ClipParams', 'crop_box', 'ClipAugment', 'ClipResizeCrop', 'NormalizeClips']
 
 # %% ../../nbs/14_data.transforms.ipynb #7623eae2785240b9bd12b16a66d81610
 def keep_freed_memory(block_mb: int = 32, keep_mb: int = 256) -> bool:

@@ -17,11 +17,18 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .esn import EchoStateNetwork, _check_lengths
 
 # %% auto #0
-__all__ = ['POOLINGS', 'MODELS', 'pooled_size', 'pool_time', 'RecurrentClassifier', 'MeanPoolClassifier', 'TCNClassifier',
-           'sinusoidal_positions', 'TransformerClassifier', 'model_hyperparameters', 'build_model']
+__all__ = ['POOLINGS', 'MODELS', 'check_pooling', 'pooled_size', 'pool_time', 'RecurrentClassifier', 'MeanPoolClassifier',
+           'TCNClassifier', 'sinusoidal_positions', 'TransformerClassifier', 'model_hyperparameters', 'build_model']
 
 # %% ../../nbs/21_models.baselines.ipynb #10185d26023b46108eb7d9f57d49d2b3
 POOLINGS = ("last", "mean", "mean_last", "max", "segments")
+
+
+def check_pooling(pooling: str) -> str:
+    "`pooling` if it is one of `POOLINGS`, else a ValueError naming the choices."
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+    return pooling
 
 
 def pooled_size(hidden: int, pooling: str, n_segments: int = 4) -> int:
@@ -31,8 +38,7 @@ def pooled_size(hidden: int, pooling: str, n_segments: int = 4) -> int:
 
 def pool_time(h: Tensor, lengths: Tensor, pooling: str = "mean", n_segments: int = 4) -> Tensor:
     "Pool states `h` (B, T, H) over the valid steps of each sequence (`lengths` (B,)); see `POOLINGS`."
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+    check_pooling(pooling)
     B, T, H = h.shape
     t = torch.arange(T, device=h.device)
     valid = t[None] < lengths[:, None]  # (B, T)
@@ -72,8 +78,7 @@ class RecurrentClassifier(nn.Module):
         cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
         if kind not in cls:
             raise ValueError(f"kind={kind!r}: choose one of rnn, lstm, gru")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         if hidden < 1 or layers < 1 or not 0 <= dropout < 1:
             raise ValueError(f"invalid hidden={hidden}, layers={layers} or dropout={dropout} (needs 0 <= dropout < 1)")
         self.kind, self.pooling, self.n_segments, self.bidirectional = kind, pooling, n_segments, bidirectional
@@ -145,8 +150,7 @@ class TCNClassifier(nn.Module):
         n_segments: int = 4,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         if hidden < 1 or levels < 1 or kernel_size < 2 or not 0 <= dropout < 1:
             raise ValueError(
                 f"invalid hidden={hidden}, levels={levels}, kernel_size={kernel_size} (>= 2) or dropout={dropout}"
@@ -192,8 +196,7 @@ class TransformerClassifier(nn.Module):
         n_segments: int = 4,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         if d_model % heads or d_model % 2:
             raise ValueError(f"d_model={d_model} must be even and divisible by heads={heads}")
         self.pooling, self.n_segments = pooling, n_segments

@@ -21,6 +21,8 @@ import torch
 from fastcore.basics import patch
 from torch import Tensor, nn
 
+from ..core import single_thread
+
 # %% auto #0
 __all__ = ['GRAM_DTYPES', 'READOUT_FEATURES', 'MATMUL_DTYPES', 'SPARSE_BELOW', 'cpu_workers', 'one_torch_thread',
            'spectral_radius', 'reservoir_matrix', 'input_matrix', 'gram_lower_', 'cholesky_solve_lower', 'RidgeReadout',
@@ -41,15 +43,12 @@ def cpu_workers() -> int:
 def one_torch_thread():
     "Torch on one thread inside the block (restored after); yields `cpu_workers()` from before."
     with _THREADS_LOCK:
-        n, old = cpu_workers(), torch.get_num_threads()
+        n = cpu_workers()
         token = _WORKERS.set(n)
-        if old != 1:
-            torch.set_num_threads(1)
         try:
-            yield n
+            with single_thread():
+                yield n
         finally:
-            if old != 1:
-                torch.set_num_threads(old)
             _WORKERS.reset(token)
 
 
