@@ -22,12 +22,12 @@ import torch
 from ..core import single_thread
 from .cache import build_frame_cache
 from .loaders import ClipDataset, ClipLoader, ClipSpec, VideoSource
-from .transforms import ClipAugment
+from .transforms import ClipAugment, keep_freed_memory
 from .ucf101 import find_layout, ucf101_index
 
 # %% auto #0
-__all__ = ['TORCHCODEC_HELP', 'torchcodec_error', 'torchvision_policy', 'parallel_ceiling', 'clips_per_second', 'bench_data',
-           'format_bench', 'bench_data_cli']
+__all__ = ['TORCHCODEC_HELP', 'torchcodec_error', 'torchvision_policy', 'parallel_ceiling', 'pipeline_ceiling',
+           'clips_per_second', 'bench_data', 'format_bench', 'bench_data_cli']
 
 # %% ../../nbs/16_data.bench.ipynb #f0fb338a
 TORCHCODEC_HELP = (
@@ -120,6 +120,44 @@ def parallel_ceiling(n: int = 6_000_000) -> float:
     return one / two
 
 
+_PIPELINE: torch.utils.data.Dataset | None = None  # the dataset `pipeline_ceiling`'s forked processes read
+
+
+def _pipeline(n: int) -> float:
+    "Produce `n` random clips of `_PIPELINE` on one thread, as a loader worker would; the seconds it took."
+    keep_freed_memory()
+    t0 = time.perf_counter()
+    with single_thread():
+        for i in np.random.randint(0, len(_PIPELINE), n):
+            _PIPELINE[int(i)]
+    return time.perf_counter() - t0
+
+
+def pipeline_ceiling(ds: torch.utils.data.Dataset, seconds: float = 1.0) -> float | None:
+    "How much faster two processes produce clips of `ds` than one, with no loader at all (no batches, no hand-over): the most any loader's workers ratio could reach on this machine now. None where processes cannot be forked."
+    global _PIPELINE
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in mp.get_all_start_methods():
+        return None
+    _PIPELINE = ds
+    try:
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+            list(ex.map(_pipeline, [20, 20]))  # start the processes, warm the caches
+            per_clip = _pipeline(20) / 20
+            n = max(20, int(seconds / 4 / per_clip))  # about `seconds` in all
+            t0 = time.perf_counter()
+            list(ex.map(_pipeline, [2 * n]))  # one process, two shares
+            one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            list(ex.map(_pipeline, [n, n]))  # two processes, one share each
+            two = time.perf_counter() - t0
+    finally:
+        _PIPELINE = None
+    return one / two
+
+
 class _Repeated(torch.utils.data.Dataset):
     "`ds` repeated to `n` items (item `i` is `ds[i % len(ds)]`), so that a timing never waits on an epoch's end."
 
@@ -135,11 +173,17 @@ class _Repeated(torch.utils.data.Dataset):
 
 
 def clips_per_second(
-    ds: torch.utils.data.Dataset, workers: int, seconds: float = 4.0, bs: int = 8, max_batches: int = 400, seed: int = 0
+    ds: torch.utils.data.Dataset,
+    workers: int,
+    seconds: float = 4.0,
+    bs: int = 8,
+    max_batches: int = 1000,
+    seed: int = 0,
+    warmup: int = 5,
 ) -> dict:
-    "Clips/s loading `ds` in random order through the project's `ClipLoader` with `workers` processes, timed after the first batch for `seconds`."
+    "Clips/s loading `ds` in random order through the project's `ClipLoader` with `workers` processes: the steady state, timed for `seconds` after `warmup` batches."
     dl = ClipLoader(
-        _Repeated(ds, bs * (max_batches + 1)),
+        _Repeated(ds, bs * (max_batches + warmup)),
         bs,
         shuffle=True,
         num_workers=workers,
@@ -147,7 +191,8 @@ def clips_per_second(
         persistent_workers=False,
     )
     it = iter(dl)
-    next(it)
+    for _ in range(max(warmup, 1)):  # the workers' start: forked, first page faults, the prefetched batches
+        next(it)
     n, t0 = 0, time.perf_counter()
     while n < max_batches:
         try:
@@ -167,11 +212,13 @@ def bench_data(
     cache_dir: str | Path | None = None,
     size: tuple[int, int] = (112, 112),
     n_frames: int = 16,
-    seconds: float = 4.0,
+    seconds: float = 6.0,
     workers: tuple[int, ...] = (0, 2),
     build_workers: int = 2,
     log=print,
     rounds: int = 3,
+    bs: int = 32,
+    small_bs: int | None = 8,
 ) -> dict:
     "Measure indexing, cache building and clip loading side by side (see above); returns every figure and the ratios."
     root = Path(root)
@@ -179,6 +226,8 @@ def bench_data(
     out: dict = dict(
         root=str(root),
         clip=dict(n_frames=n_frames, size=list(size)),
+        batch_size=bs,
+        small_batch_size=small_bs,
         cpus=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         threads=dict(
@@ -255,13 +304,16 @@ def bench_data(
         datasets["torchvision"] = lambda a: _TorchvisionClips(tv, tv_aug if a else noaug)
     res: dict = {}
     ceilings: list[float] = []
-    configs = [(f"{name}{'_aug' if a else ''}_w{w}", make, a, w) for name, make in datasets.items() for a in (False, True) for w in workers]  # fmt: skip
+    pipeline_ceilings: list[float] = []
+    configs = [(f"{name}{'_aug' if a else ''}_w{w}", make, a, w, bs) for name, make in datasets.items() for a in (False, True) for w in workers]  # fmt: skip
     if tv is not None:  # torchvision's decoding with the project's augmentation: the cache's share of the gain
-        configs += [(f"torchvision_project_aug_w{w}", lambda a: _TorchvisionClips(tv, aug), True, w) for w in workers]
+        configs += [(f"torchvision_project_aug_w{w}", lambda a: _TorchvisionClips(tv, aug), True, w, bs) for w in workers]  # fmt: skip
+    if small_bs and small_bs != bs:  # the workers ratio with smaller batches: more hand-overs per clip
+        configs += [(f"cached_aug_w{w}_bs{small_bs}", datasets["cached"], True, w, small_bs) for w in workers]
     for k in range(rounds):  # interleaved rounds: each configuration sees the machine at several moments
-        for key, make, a, w in configs:
+        for key, make, a, w, b in configs:
             with single_thread():  # the main process on 1 intra-op thread, like each worker (see above)
-                r = clips_per_second(make(a), w, seconds=seconds / rounds, seed=k)
+                r = clips_per_second(make(a), w, seconds=seconds / rounds, bs=b, seed=k)
             best = res.get(key)
             runs = (best["rounds"] if best else []) + [r["clips_per_s"]]
             res[key] = {**(r if best is None or r["clips_per_s"] > best["clips_per_s"] else best), "rounds": runs}
@@ -269,11 +321,20 @@ def bench_data(
                 f"  round {k + 1}/{rounds} {key:<22} {r['clips_per_s']:9.1f} clips/s  ({r['clips']} clips in {r['seconds']:.1f} s, clip {tuple(r['shape'])})"
             )
         ceilings.append(parallel_ceiling())
+        pc = pipeline_ceiling(datasets["cached"](True), seconds=seconds / rounds)
+        if pc is not None:
+            pipeline_ceilings.append(pc)
     out["clips_per_s"] = {k: v["clips_per_s"] for k, v in res.items()}
     out["machine_parallel_speedup"], out["machine_parallel_speedup_rounds"] = max(ceilings), ceilings
     log(
         f"machine check: 2 processes run 2 pure-CPU tasks {out['machine_parallel_speedup']:.2f}x faster than 1 (2.0 = two free cores)"
     )
+    out["pipeline_parallel_speedup"] = max(pipeline_ceilings) if pipeline_ceilings else None
+    out["pipeline_parallel_speedup_rounds"] = pipeline_ceilings
+    if pipeline_ceilings:
+        log(
+            f"pipeline check: 2 processes make cached, augmented clips {out['pipeline_parallel_speedup']:.2f}x faster than 1, with no loader"
+        )
     out["loading"] = res
     c = out["clips_per_s"]
 
@@ -287,11 +348,23 @@ def bench_data(
         cached_aug_vs_torchvision_noaug=ratio(f"cached_aug_w{w0}", f"torchvision_w{w0}"),
         cached_aug_vs_torchvision_project_aug=ratio(f"cached_aug_w{w0}", f"torchvision_project_aug_w{w0}"),
         workers2_vs_workers0=ratio(f"cached_aug_w{w2}", f"cached_aug_w{w0}"),
+        **{
+            f"workers2_vs_workers0_bs{small_bs}": ratio(
+                f"cached_aug_w{w2}_bs{small_bs}", f"cached_aug_w{w0}_bs{small_bs}"
+            )
+        }
+        if small_bs and small_bs != bs
+        else {},
         direct_workers2_vs_workers0=ratio(f"direct_w{w2}", f"direct_w{w0}"),
         direct_aug_workers2_vs_workers0=ratio(f"direct_aug_w{w2}", f"direct_aug_w{w0}"),
         cached_workers2_vs_workers0=ratio(f"cached_w{w2}", f"cached_w{w0}"),
         torchvision_workers2_vs_workers0=ratio(f"torchvision_w{w2}", f"torchvision_w{w0}"),
         cached_vs_direct=ratio(f"cached_w{w0}", f"direct_w{w0}"),
+        workers2_vs_pipeline_ceiling=(
+            c[f"cached_aug_w{w2}"] / c[f"cached_aug_w{w0}"] / out["pipeline_parallel_speedup"]
+            if pipeline_ceilings and f"cached_aug_w{w2}" in c
+            else None
+        ),
         index_torchvision_vs_esn_video=(
             out["index_seconds"]["torchvision"] / out["index_seconds"]["esn_video"]
             if "torchvision" in out["index_seconds"]
@@ -334,10 +407,14 @@ def format_bench(res: dict) -> str:
     lines.append(
         f"{'machine_parallel_speedup':<34} {res['machine_parallel_speedup']:>10.2f}  (2 processes vs 1 on pure CPU work: the ceiling for any workers ratio now)"
     )
+    if res.get("pipeline_parallel_speedup") is not None:
+        lines.append(
+            f"{'pipeline_parallel_speedup':<34} {res['pipeline_parallel_speedup']:>10.2f}  (2 processes vs 1 making cached, augmented clips, no loader: the ceiling for workers2_vs_workers0)"
+        )
     th = res.get("threads", {})
     lines.append(
         f"threads: workers=0 runs the pipeline on {th.get('workers0', '?')} intra-op thread (torch has {res['torch_threads']}), "
-        f"each worker on {th.get('per_worker', '?')}; workers2_vs_workers0 = cached_aug_w2 / cached_aug_w0"
+        f"each worker on {th.get('per_worker', '?')}; batches of {res.get('batch_size')} (training's); workers2_vs_workers0 = cached_aug_w2 / cached_aug_w0"
     )
     return "\n".join(lines)
 
@@ -351,12 +428,18 @@ def bench_data_cli(argv: list[str], prog: str = "esn-video bench data") -> int:
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument("--cache", type=Path, help="frame cache folder to build/use (default: a temporary folder)")
     p.add_argument(
-        "--seconds", type=float, default=4.0, help="time per loading configuration, over all rounds (default 4)"
+        "--seconds", type=float, default=6.0, help="time per loading configuration, over all rounds (default 6)"
     )
     p.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; each figure is the best round (default 3)"
     )
     p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="clips per batch (default 32, training.batch_size's default)"
+    )
+    p.add_argument(
+        "--small-batch-size", type=int, default=8, help="also measure the workers ratio at this batch size (0: not)"
+    )
     p.add_argument("--size", default="112x112", help="clip size WxH (default 112x112)")
     a = p.parse_args(argv)
     try:
@@ -368,7 +451,14 @@ def bench_data_cli(argv: list[str], prog: str = "esn-video bench data") -> int:
     except FileNotFoundError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    res = bench_data(a.root, cache_dir=a.cache, size=(w, h), n_frames=a.frames, seconds=a.seconds, rounds=a.rounds)
+    if a.batch_size < 1 or a.small_batch_size < 0:
+        p.error(
+            f"--batch-size must be at least 1 and --small-batch-size at least 0, got {a.batch_size}, {a.small_batch_size}"
+        )
+    res = bench_data(
+        a.root, cache_dir=a.cache, size=(w, h), n_frames=a.frames, seconds=a.seconds, rounds=a.rounds,
+        bs=a.batch_size, small_bs=a.small_batch_size or None,
+    )  # fmt: skip
     print(format_bench(res))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

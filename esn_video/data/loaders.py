@@ -201,20 +201,67 @@ class _InSlot(NamedTuple):
     n: int
 
 
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # references to a storage, views and arrays included
+
+
+class _Slots:
+    "Shared batch buffers for one set of workers, each its own shared memory; a slot is lent to the caller with its batch and is free again once nothing (the batch, a view of it, an array over it) refers to that memory."
+
+    def __init__(self, n: int, shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool):
+        if channels_last:  # (..., C, H, W) held as (..., H, W, C) in memory, like the clips
+            held = (*shape[:-3], *shape[-2:], shape[-3])
+            self.tensors = [torch.empty(held, dtype=dtype).share_memory_().movedim(-1, -3) for _ in range(n)]
+        else:
+            self.tensors = [torch.empty(shape, dtype=dtype).share_memory_() for _ in range(n)]
+        self.lends = _use_count is not None  # else every batch is copied out of its slot
+        self._free_uses = [self._uses(t) for t in self.tensors]  # the slot's own references
+        self.busy: set[int] = set()  # assigned to a batch that has not come back from its worker yet
+        self.lent = self.missed = 0  # batches handed over in a slot / that found no free slot
+
+    @staticmethod
+    def _uses(t: torch.Tensor) -> int:
+        return _use_count(t.untyped_storage()._cdata) if _use_count is not None else 0
+
+    def lease(self) -> int | None:
+        "A slot that no worker is writing and no caller holds (marked busy), or None when all are taken."
+        for i, t in enumerate(self.tensors):
+            if i not in self.busy and self._uses(t) <= self._free_uses[i]:
+                self.busy.add(i)
+                return i
+        self.missed += 1
+        return None
+
+    def take(self, slot: int, n: int) -> torch.Tensor:
+        "The first `n` items of `slot`, which its worker has filled: a view, which holds the slot until it is dropped."
+        x = self.tensors[slot][:n]
+        self.busy.discard(slot)
+        self.lent += 1
+        return x
+
+
 class _BatchTasks(torch.utils.data.Sampler):
-    "The loader's tasks: `(slot, indices)`, one per batch; `slot` cycles over the `n_slots` shared buffers (None: none)."
+    "The loader's tasks: `(slot, indices)`, one per batch, `slot` a free slot of `slots` when the task is handed to a worker (None: no slots, or none free)."
 
     def __init__(self, n: int, bs: int, shuffle: bool, drop_last: bool, generator: torch.Generator):
         self.n, self.bs, self.shuffle, self.drop_last, self.generator = n, bs, shuffle, drop_last, generator
-        self.n_slots = 0
+        self.slots: _Slots | None = None
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots.tensors) if self.slots is not None else 0
 
     def __len__(self) -> int:
         return self.n // self.bs if self.drop_last else -(-self.n // self.bs)
 
     def __iter__(self):
+        # runs lazily in the main process: each task is drawn when the DataLoader hands it to a worker; by the first
+        # draw of an epoch the workers have finished (or dropped) every earlier task, so no slot is busy any more
+        slots = self.slots
+        if slots is not None:
+            slots.busy.clear()
         order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else list(range(self.n))
         for k in range(len(self)):
-            yield (k % self.n_slots if self.n_slots else None), order[k * self.bs : (k + 1) * self.bs]
+            yield (slots.lease() if slots is not None else None), order[k * self.bs : (k + 1) * self.bs]
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -240,7 +287,7 @@ class _Batches(torch.utils.data.Dataset):
             xs, rest = items, [() for _ in items]
         buf = None
         if slot is not None and self.slots is not None and torch.utils.data.get_worker_info() is not None:
-            buf = self.slots[slot]
+            buf = self.slots[slot]  # this worker's own mapping of the slot's shared memory
         if buf is not None and all(
             isinstance(x, torch.Tensor) and x.shape == buf.shape[1:] and x.dtype == buf.dtype for x in xs
         ):
@@ -317,35 +364,33 @@ class ClipLoader(torch.utils.data.DataLoader):
 
     def _prepare_slots(self) -> None:
         "Shared batch buffers for the workers: once for persistent workers, else for every new set of workers."
-        if self.num_workers == 0 or (self.persistent_workers and self.dataset.slots is not None):
+        if self.num_workers == 0 or (self.persistent_workers and self._tasks.slots is not None):
             return
         spec = self._item_shape()
         if spec is None:
-            self._tasks.n_slots = 0
+            self._tasks.slots = self.dataset.slots = None
             return
         item, dtype, channels_last = spec
-        n_slots = self.prefetch_factor * self.num_workers + 1  # in flight + the one being copied out
-        shape = (n_slots, self.bs, *item)
-        if channels_last:  # (..., C, H, W) held as (..., H, W, C) in memory, like the clips
-            memory = torch.empty((*shape[:-3], *shape[-2:], shape[-3]), dtype=dtype).share_memory_()
-            self.dataset.slots = memory.movedim(-1, -3)
-        else:
-            self.dataset.slots = torch.empty(shape, dtype=dtype).share_memory_()
-        self._tasks.n_slots = n_slots
+        # in flight, plus the batch just received and the caller's current and previous ones
+        n_slots = self.prefetch_factor * self.num_workers + 3
+        self._tasks.slots = _Slots(n_slots, (self.bs, *item), dtype, channels_last)
+        self.dataset.slots = self._tasks.slots.tensors  # what the workers (forked next) write into
 
-    def _take(self, x, slots: torch.Tensor | None) -> torch.Tensor:
-        "The batch as the caller's own tensor: copied out of its slot (into pinned memory for CUDA)."
+    def _take(self, x, slots: _Slots | None) -> torch.Tensor:
+        "The batch: lent in its slot, or copied out of it (into pinned memory for CUDA; or where lending is impossible)."
         if not isinstance(x, _InSlot):
             return x
-        src = slots[x.slot, : x.n]
+        src = slots.take(x.slot, x.n)
         pin = self.pin_memory and torch.cuda.is_available()
+        if slots.lends and not pin:
+            return src
         with single_thread():  # same layout as the slot (channels-last, as torch.stack gives in-process): a memcpy
             return torch.empty_strided(src.shape, src.stride(), dtype=src.dtype, pin_memory=pin).copy_(src)
 
     def __iter__(self):
         keep_freed_memory()
         self._prepare_slots()
-        slots = self.dataset.slots  # this iterator's workers write into these, whatever later iterators allocate
+        slots = self._tasks.slots  # this iterator's workers write into these, whatever later iterators allocate
         for x, rest in super().__iter__():
             b = (self._take(x, slots), *(torch.utils.data.default_collate(list(col)) for col in zip(*rest)))
             if self.device is not None:
