@@ -282,7 +282,21 @@ def test_worker_batches_equal_in_process(tree, cache):
         assert len(got) == len(ref)
         for (x, y), (rx, ry) in zip(got, ref):
             assert torch.equal(x, rx) and torch.equal(y, ry)
-    assert dl._tasks.n_slots == 5 and dl.dataset.slots is not None
+    # the second epoch found every slot held by the first epoch's batches (still in `got`): all came through torch
+    assert dl._tasks.n_slots == 7 and dl.dataset.slots is not None
+    slots = dl._tasks.slots
+    del got, x, y
+    for _epoch in range(2):  # batches dropped as they come: the same slots cycle, epoch after epoch
+        missed = slots.missed
+        for k, (x, _y) in enumerate(dl):
+            assert torch.equal(x, ref[k][0])
+        assert dl._tasks.slots is slots and slots.missed == missed
+    it = iter(dl)  # an epoch left after two batches, with batches still in flight in the workers' slots
+    next(it), next(it)
+    del it, x
+    for k, (x, _y) in enumerate(dl):  # the next epoch waits for them, then reuses their slots
+        assert torch.equal(x, ref[k][0])
+    assert dl._tasks.slots is slots and slots.missed == missed
     # augmented training batches: the same seed gives the same batches through the slots
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
