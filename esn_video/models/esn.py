@@ -180,9 +180,10 @@ class RidgeReadout:
         with one_torch_thread() as workers:  # the Gram panels on `workers` Python threads
             s, y = s.detach().cpu(), y.detach().double().cpu()
             if self._rows is not None:
-                if (self.n + nb) * self.n_features * s.element_size() <= self.keep_rows_bytes:
+                n = self.n + nb
+                if n < self.n_features and n * self.n_features * s.element_size() <= self.keep_rows_bytes:
                     self._rows.append(s.clone())
-                else:  # too many to keep: the D x D decomposition it is
+                else:  # as many samples as features, or too many to keep: the D x D decomposition it is
                     self._rows = None
             ms, my = s.sum(0, dtype=torch.float64) / nb, y.mean(0)
             gd = GRAM_DTYPES[self.gram_dtype]
