@@ -124,11 +124,14 @@ _PIPELINE: torch.utils.data.Dataset | None = None  # the dataset `pipeline_ceili
 
 
 def _pipeline(n: int) -> float:
-    "Produce `n` random clips of `_PIPELINE` on one thread, as a loader worker would; the seconds it took."
+    "Produce `n` random clips of `_PIPELINE` on one thread, as a loader worker would; the seconds it took. (Run in a pool process: it reseeds the process's random generators, so that two processes draw different clips.)"
     keep_freed_memory()
+    rng = np.random.default_rng()  # fresh entropy: forked processes inherit the same random states
+    np.random.seed(int(rng.integers(2**31)))  # the dataset's temporal sampling
+    torch.manual_seed(int(rng.integers(2**31)))  # the augmentation's draws
     t0 = time.perf_counter()
     with single_thread():
-        for i in np.random.randint(0, len(_PIPELINE), n):
+        for i in rng.integers(0, len(_PIPELINE), n):
             _PIPELINE[int(i)]
     return time.perf_counter() - t0
 
@@ -145,7 +148,7 @@ def pipeline_ceiling(ds: torch.utils.data.Dataset, seconds: float = 1.0) -> floa
     try:
         with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
             list(ex.map(_pipeline, [20, 20]))  # start the processes, warm the caches
-            per_clip = _pipeline(20) / 20
+            per_clip = ex.submit(_pipeline, 20).result() / 20
             n = max(20, int(seconds / 4 / per_clip))  # about `seconds` in all
             t0 = time.perf_counter()
             list(ex.map(_pipeline, [2 * n]))  # one process, two shares
@@ -414,7 +417,7 @@ def format_bench(res: dict) -> str:
     th = res.get("threads", {})
     lines.append(
         f"threads: workers=0 runs the pipeline on {th.get('workers0', '?')} intra-op thread (torch has {res['torch_threads']}), "
-        f"each worker on {th.get('per_worker', '?')}; batches of {res.get('batch_size')} (training's); workers2_vs_workers0 = cached_aug_w2 / cached_aug_w0"
+        f"each worker on {th.get('per_worker', '?')}; batches of {res.get('batch_size')}; workers2_vs_workers0 = cached_aug_w2 / cached_aug_w0"
     )
     return "\n".join(lines)
 
