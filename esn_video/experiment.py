@@ -1171,7 +1171,9 @@ def train_model(
     return metrics
 
 # %% ../nbs/40_experiment.ipynb #b8b85716
-def evaluate_run(run_dir: str | Path, test_clips: int | None = None, verbose: bool = False) -> dict:
+def evaluate_run(
+    run_dir: str | Path, test_clips: int | None = None, verbose: bool = False, device: str | None = None
+) -> dict:
     "Test metrics (per video, logits averaged over `test_clips` clips) of the best weights saved in `run_dir`."
     from esn_video.callbacks import predict_logits
     from esn_video.metrics import classification_report
@@ -1185,11 +1187,13 @@ def evaluate_run(run_dir: str | Path, test_clips: int | None = None, verbose: bo
     rec = json.loads(rd.metrics.read_text())
     spec = rec["model_spec"]
     m = cfg.model(rec["model"])
+    dev = get_device(device or cfg.training.device)  # before the features: a bad device fails at once
     feats = prepare_split(cfg, int(rec["split"]), verbose)
     model = _build(m, spec["hp"], spec["n_inputs"], spec["n_classes"], int(rec["seed"]), cfg)
     state = torch.load(rd.best_weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
-    dls = run_dataloaders(cfg, feats, 64, "cpu", int(rec["seed"]))
+    model.to(dev)
+    dls = run_dataloaders(cfg, feats, 64, dev, int(rec["seed"]))
     logits, _ = predict_logits(model, dls.test, dls.n_inp)
     vl, vy = _video_logits(logits, feats.test)
     rep = classification_report(vl, vy, feats.classes)
@@ -1298,9 +1302,10 @@ def evaluate_cli(argv: list[str], prog: str = "esn-video evaluate") -> int:
     p.add_argument("run_dir", help="a run folder, e.g. models/default/esn-split1-seed0")
     p.add_argument("--test-clips", type=int, default=None, help="clips per test video (default: the run's config)")
     p.add_argument("--quiet", action="store_true", help="print only the result")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: the run's training.device)")
     a = p.parse_args(argv)
     try:
-        res = evaluate_run(a.run_dir, test_clips=a.test_clips, verbose=not a.quiet)
+        res = evaluate_run(a.run_dir, test_clips=a.test_clips, verbose=not a.quiet, device=a.device)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return _fail(prog, e)
     print(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = str(Path(sys.executable).parent / "esn-video")
@@ -110,6 +111,10 @@ def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads((run_b / "evaluation.json").read_text())
     assert ev["accuracy"] == b["accuracy"]
+    if not torch.cuda.is_available():  # an unusable device: a clear usage error, and the evaluation kept
+        r = _run(["evaluate", str(run_b), "--device", "cuda"])
+        assert r.returncode == 2 and "error:" in r.stderr and "CUDA is not available" in r.stderr, r.stderr
+        assert json.loads((run_b / "evaluation.json").read_text()) == ev
 
 
 def test_run_executes_the_training_notebook(shared, tmp_path):
