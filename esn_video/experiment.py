@@ -1174,7 +1174,7 @@ def train_model(
 def evaluate_run(
     run_dir: str | Path, test_clips: int | None = None, verbose: bool = False, device: str | None = None
 ) -> dict:
-    "Test metrics (per video, logits averaged over `test_clips` clips) of the best weights saved in `run_dir`."
+    "Test metrics (per video, logits averaged over `test_clips` clips) of the best weights saved in `run_dir`, computed on `device` (default: the run's `training.device`)."
     from esn_video.callbacks import predict_logits
     from esn_video.metrics import classification_report
 
@@ -1183,11 +1183,16 @@ def evaluate_run(
         if not f.is_file():
             raise FileNotFoundError(f"{f} is missing: {rd.path} is not a finished run (train it with esn-video train)")
     over = [f"evaluation.test_clips={test_clips}"] if test_clips else []
+    over += [f"training.device={device}"] if device else []  # features are extracted there too
     cfg = load_config(rd.config, over)
     rec = json.loads(rd.metrics.read_text())
     spec = rec["model_spec"]
     m = cfg.model(rec["model"])
-    dev = get_device(device or cfg.training.device)  # before the features: a bad device fails at once
+    try:  # before the features: a bad device fails at once
+        dev = get_device(cfg.training.device)
+    except ValueError as e:
+        where = "" if device else f" (the run's training.device, {cfg.training.device!r}: choose another with --device)"
+        raise ValueError(f"{e}{where}") from None
     feats = prepare_split(cfg, int(rec["split"]), verbose)
     model = _build(m, spec["hp"], spec["n_inputs"], spec["n_classes"], int(rec["seed"]), cfg)
     state = torch.load(rd.best_weights, map_location="cpu", weights_only=True)
