@@ -7,6 +7,8 @@ Docs: https://esn-video.github.io/esn-video/data.loaders.html.md"""
 # %% ../../nbs/15_data.loaders.ipynb #245ec8e1
 from __future__ import annotations
 
+import math
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ from .transforms import ClipAugment, ClipResizeCrop, NormalizeClips, keep_freed_
 from .ucf101 import UCF101Index, VideoRecord
 
 # %% auto #0
-__all__ = ['ClipSpec', 'sample_indices', 'VideoSource', 'ClipDataset', 'collate_clips', 'ClipLoader', 'clip_dataloaders',
-           'eval_dataloader']
+__all__ = ['ClipSpec', 'sample_indices', 'VideoSource', 'ClipDataset', 'collate_clips', 'shared_memory_free',
+           'check_shared_memory', 'ClipLoader', 'clip_dataloaders', 'eval_dataloader']
 
 # %% ../../nbs/15_data.loaders.ipynb #3c6a55af
 @dataclass(frozen=True)
@@ -239,6 +241,27 @@ class _Slots:
         return x
 
 
+def shared_memory_free() -> int | None:
+    "Bytes free in `/dev/shm`, where torch's shared memory lives on Linux (None where there is no such folder)."
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+def check_shared_memory(n_slots: int, slot_bytes: int, free: int | None, workers: int, bs: int) -> None:
+    "Raise a clear error when `n_slots` batch buffers of `slot_bytes` do not fit in `free` bytes of shared memory."
+    need = n_slots * slot_bytes
+    if free is not None and need > free:
+        mb = 2**20
+        raise RuntimeError(
+            f"ClipLoader: {workers} workers with batches of {bs} clips need {n_slots} shared batch buffers of "
+            f"{slot_bytes / mb:.0f} MiB ({need / mb:.0f} MiB in all), but /dev/shm has only {free / mb:.0f} MiB free. "
+            "Give it more (in Docker: --shm-size=2g), or use smaller batches, fewer workers "
+            "(features.workers), or 0 workers."
+        )
+
+
 class _BatchTasks(torch.utils.data.Sampler):
     "The loader's tasks: `(slot, indices)`, one per batch, `slot` a free slot of `slots` when the task is handed to a worker (None: no slots, or none free)."
 
@@ -373,6 +396,8 @@ class ClipLoader(torch.utils.data.DataLoader):
         item, dtype, channels_last = spec
         # in flight, plus the batch just received and the caller's current and previous ones
         n_slots = self.prefetch_factor * self.num_workers + 3
+        slot_bytes = self.bs * math.prod(item) * dtype.itemsize
+        check_shared_memory(n_slots, slot_bytes, shared_memory_free(), self.num_workers, self.bs)
         self._tasks.slots = _Slots(n_slots, (self.bs, *item), dtype, channels_last)
         self.dataset.slots = self._tasks.slots.tensors  # what the workers (forked next) write into
 
