@@ -11,7 +11,13 @@
 #
 # Usage, from the repository root:  OUT=/some/folder bash scripts/gpu_check.sh
 #   Wheels of what the machine lacks (fastai & co., PyAV, reservoirpy) are installed from .whl/ into /tmp/site
-#   (no `pip install -e`: the repository root goes on PYTHONPATH).
+#   (no `pip install -e`: the repository root goes on PYTHONPATH). To make .whl/ (ignored by git) for a Python 3.12
+#   machine that has torch, numpy, pandas, scipy, matplotlib, tensorboard and the like but not these:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#       av==18.1.0 beartype==0.23.1 fastai==2.8.12 fastcore==2.2.41 fastdownload==0.0.8 fastprogress==1.0.3 \
+#       fasttransform==0.0.5 plum-dispatch==2.9.0 reservoirpy==0.4.2
+#   (fastprogress 1.0.3: later versions pull in python-fasthtml; fastai works with it.)
 # Environment knobs (for a dry run on a machine without a GPU):
 #   GPU_CHECK_DEVICE=cpu      device of the training runs and of the first benchmark (default cuda)
 #   PY=/path/to/python        the interpreter (default python3)
