@@ -223,13 +223,15 @@ class RidgeReadout:
         "`(lam, q, q^T S^T Y, ...)`: `C = q diag(lam) q^T`, from `C` itself, or (fewer samples than features, rows kept) from the n x n kernel, `q` then holding only the directions the samples span (the others add nothing to any solution)."
         if self._eig is None:
             c, cy, ms, my, scale = self._centred()
+            span = None
             if self._rows is not None and self.n < self.n_features:  # (n^3 instead of D^3)
                 sc = (torch.cat(self._rows).double() - ms) / scale  # centred, standardised (n, D)
                 mu, u = torch.linalg.eigh(sc @ sc.T)  # the kernel's eigenvalues are the Gram matrix's nonzero ones
                 span = mu > 1e-10 * max(float(mu.max()), 1e-300)  # centring alone removes one direction
+            if span is not None and bool(span.any()):
                 lam = mu[span]
                 q = (sc.T @ u[:, span]) / lam.sqrt()  # (D, rank): orthonormal columns
-            else:
+            else:  # (also when the samples span nothing: all equal)
                 lam, q = torch.linalg.eigh(c)  # reads the lower triangle
                 lam = lam.clamp_min(0)
             self._eig = (lam, q, q.T @ cy, ms, my, scale, self.cyy)
