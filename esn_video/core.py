@@ -25,8 +25,8 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'seed_worker', 'torch_generator', 'get_device', 'find_project_root', 'ProjectPaths',
-           'project_paths', 'Measurement', 'measure', 'atomic_write', 'pyplot', 'save_figure', 'single_thread',
-           'count_parameters']
+           'project_paths', 'Measurement', 'synchronize', 'measure', 'atomic_write', 'pyplot', 'save_figure',
+           'single_thread', 'count_parameters']
 
 # %% ../nbs/00_core.ipynb #4af647a9
 def seed_everything(seed: int, deterministic: bool = False) -> int:
@@ -199,6 +199,13 @@ class _RssSampler(threading.Thread):
         return max(self.peak, self.proc.memory_info().rss)
 
 
+def synchronize(device: str | torch.device | None) -> None:
+    "Wait for the work queued on `device` to finish (a no-op off CUDA), so that a wall-clock time covers the work."
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 @contextmanager
 def measure(device: str | torch.device | None = None, sample_interval: float = 0.005) -> Iterator[Measurement]:
     "Context manager measuring wall time and peak memory of its block (CUDA allocator on a CUDA `device`, else RSS)."
@@ -206,8 +213,8 @@ def measure(device: str | torch.device | None = None, sample_interval: float = 0
     m = Measurement()
     mb = 1024**2
     sampler = None
+    synchronize(dev)
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         m.memory_kind, m.method = "cuda", "cuda"
         m.start_memory_mb = torch.cuda.memory_allocated(dev) / mb
@@ -223,8 +230,7 @@ def measure(device: str | torch.device | None = None, sample_interval: float = 0
     try:
         yield m
     finally:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         m.seconds = time.perf_counter() - t0
         if dev.type == "cuda":
             m.peak_memory_mb = torch.cuda.max_memory_allocated(dev) / mb

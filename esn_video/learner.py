@@ -25,7 +25,7 @@ from torch import nn
 from . import callbacks as run_callbacks
 from .callbacks import RunLearner
 from .checkpoint import CheckpointCallback
-from .core import atomic_write, count_parameters, measure
+from .core import atomic_write, count_parameters, measure, synchronize
 from .metrics import accuracy_score, classification_report, default_metrics, plot_confusion_matrix
 from .tracking import MLflowCallback, MlflowSettings
 
@@ -204,16 +204,14 @@ def measure_throughput(model: nn.Module, dl, n_inp: int | None = None, warmup: i
     try:
         for b in batches[:warmup]:
             model(*b)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         n = 0
         for _ in range(repeats):
             for b in batches:
                 model(*b)
                 n += len(b[0])
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
         secs = time.perf_counter() - t0
     finally:
         model.train(was_training)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import get_device
+from ..core import get_device, synchronize
 from .esn import MATMUL_DTYPES, EchoStateNetwork
 
 # %% auto #0
@@ -54,12 +54,6 @@ def _batches(x, ln, y, bs):
     return [(x[i : i + bs], ln[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
 
 
-def _sync(device: torch.device) -> None:
-    "Wait for the GPU's queued work (a no-op on the CPU), so that a wall-clock time covers the work itself."
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def fit_project_esn(train, test, n_units: int, leak: float = 0.3, spectral_radius: float = 0.9,
                     input_scaling: float = 0.1, density: float = 0.1, input_density: float = 0.1,
                     ridge: float = 1.0, batch_size: int = 1000, matmul_dtype: str = "float32",
@@ -70,21 +64,21 @@ def fit_project_esn(train, test, n_units: int, leak: float = 0.3, spectral_radiu
     CPU and moved there, inside the timed fit; on a GPU every time is taken after synchronising it)."""
     dev = torch.device(device)
     n_classes = int(max(train[2].max(), test[2].max())) + 1
-    _sync(dev)
+    synchronize(dev)
     c0, t0 = time.process_time(), time.perf_counter()  # drawing the reservoir counts, as it does for reservoirpy
     m = EchoStateNetwork(train[0].shape[2], n_classes, n_units=n_units, leak=leak, spectral_radius=spectral_radius,
                          input_scaling=input_scaling, density=density, input_density=input_density, bias_scaling=0.0,
                          readout_features="mean_last", standardize=False, matmul_dtype=matmul_dtype, sparse=sparse,
                          gram_dtype=gram_dtype, seed=seed).to(dev)  # fmt: skip
-    _sync(dev)
+    synchronize(dev)
     draw_s = time.perf_counter() - t0
     m.fit_readout(_batches(*train, batch_size), ridge=ridge)
-    _sync(dev)
+    synchronize(dev)
     fit_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     with torch.no_grad():
         pred = torch.cat([m(x.to(dev), ln.to(dev)).argmax(1) for x, ln, _ in _batches(*test, batch_size)])
-    _sync(dev)
+    synchronize(dev)
     pred_s = time.perf_counter() - t0
     acc = float((pred.cpu() == test[2].cpu()).float().mean())
     return {"fit_seconds": fit_s, "test_accuracy": acc, "predict_seconds": pred_s, "n_train": len(train[0]),
@@ -131,13 +125,13 @@ def matmul_gflops(batch: int, n_units: int, dtype: torch.dtype = torch.float32, 
     out = torch.empty(batch, n_units, dtype=dtype, device=dev)
     torch.mm(a, b, out=out)
     per = 10 if dev.type == "cuda" else 1
-    _sync(dev)
+    synchronize(dev)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
         for _ in range(per):
             torch.mm(a, b, out=out)
         n += per
-        _sync(dev)
+        synchronize(dev)
     return 2 * batch * n_units**2 * n / (time.perf_counter() - t0) / 1e9
 
 
@@ -155,10 +149,10 @@ def state_loop_gflops(x: torch.Tensor, n_units: int, matmul_dtype: str = "float3
     with torch.no_grad():
         m.states(x[:8])  # warm-up
         for _ in range(repeats):
-            _sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             m.states(x)
-            _sync(dev)
+            synchronize(dev)
             best = min(best, time.perf_counter() - t0)
             mm = max(mm, matmul_gflops(B, n_units, MATMUL_DTYPES[matmul_dtype], seconds=0.5, device=dev))
     gf = flops / best / 1e9
@@ -177,7 +171,10 @@ def bench_esn(units: tuple[int, ...] = (1000, 2000), n_train: int = 2000, n_test
     dev = get_device(device)
     train = event_order_task(n_train, n_steps, n_features, n_classes, seed=seed)
     test = event_order_task(n_test, n_steps, n_features, n_classes, seed=seed + 1)
-    on_dev = lambda d: tuple(t.to(dev) for t in d)  # noqa: E731
+
+    def on_dev(data: tuple) -> tuple:
+        return tuple(t.to(dev) for t in data)
+
     train_d, test_d = on_dev(train), on_dev(test)
     hp = dict(leak=0.3, spectral_radius=0.9, input_scaling=0.1, density=0.1, input_density=0.1, ridge=0.1)
     res = {
