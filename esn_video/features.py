@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader as FastaiDataLoader
+from fastai.torch_core import no_random
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -240,8 +241,29 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _source_of(dataset: Dataset) -> Any:
+    "The frame source a clip dataset reads (`.source`), also through one wrapper (`.ds` or `.dataset`)."
+    for d in (dataset, getattr(dataset, "ds", None), getattr(dataset, "dataset", None)):
+        src = getattr(d, "source", None) if d is not None else None
+        if src is not None:
+            return src
+    return None
+
+
+def _files_identity(recs: Sequence) -> str:
+    "Size and modification time of each record's file (None when it is not on disk)."
+    rows = []
+    for r in recs:
+        try:
+            st = Path(r.path).stat()
+            rows.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            rows.append(None)
+    return stable_hash(rows, 32)
+
+
 def dataset_identity(dataset: Dataset) -> dict:
-    "What identifies a clip dataset for caching: its length, records (path, label), clip spec and train flag if any."
+    "What identifies a clip dataset for caching: its length, records (path, label) and their content, clip spec and train flag if any."
     ident: dict[str, Any] = {"type": type(dataset).__name__, "len": len(dataset)}  # type: ignore[arg-type]
     recs = getattr(dataset, "records", None)
     if recs is not None:
@@ -249,9 +271,13 @@ def dataset_identity(dataset: Dataset) -> dict:
     for attr in ("spec", "train"):
         if hasattr(dataset, attr):
             ident[attr] = _jsonable(getattr(dataset, attr))
-    src = getattr(dataset, "source", None)
+    src = _source_of(dataset)
     if src is not None:  # a frame cache's parameters (with their hash), or e.g. VideoSource(fps=..., size=...)
         ident["source"] = _jsonable(getattr(src, "params", None) or repr(src))
+        if recs is not None and hasattr(src, "content_hash"):  # what the frame cache holds for these videos
+            ident["content"] = src.content_hash(recs)
+        elif recs is not None and all(hasattr(r, "path") for r in recs):  # decoded from the files themselves
+            ident["content"] = _files_identity(recs)
     if getattr(dataset, "tfm", None) is not None:  # the augmentation / resize it applies
         ident["tfm"] = repr(dataset.tfm)
     return ident
@@ -259,20 +285,9 @@ def dataset_identity(dataset: Dataset) -> dict:
 # %% ../nbs/30_features.ipynb #c3f7b3a1
 @contextmanager
 def forked_rng(seed: int) -> Iterator[None]:
-    "Seed python, NumPy and torch RNGs with `seed` inside the block and restore the caller's states afterwards."
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    try:
+    "fastai's `no_random(seed, reproducible=False)`: seed python, NumPy and torch in the block, restore them after (for callers of the old name)."
+    with no_random(seed, reproducible=False):
         yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def _split_item(item: Sequence) -> tuple[torch.Tensor, int | None, int]:
@@ -304,19 +319,17 @@ def _encode_view(
         for items in dl:
             parts = [_split_item(it) for it in items]
             clips = torch.stack([torch.as_tensor(p[0]) for p in parts])
-            if clips.ndim == 6:  # (B, n_clips, T, C, H, W): every clip of a video becomes its own row
-                nc = clips.shape[1]
-                clips = clips.flatten(0, 1)
-            elif clips.ndim == 5:
-                nc = 1
-            else:
-                raise ValueError(f"clips must be (T, C, H, W) or (n_clips, T, C, H, W), got {tuple(clips.shape[1:])}")
+            if clips.ndim != 5:
+                raise ValueError(
+                    f"clips must be (T, C, H, W), got {tuple(clips.shape[1:])}; extract the clips of a multi-clip "
+                    "evaluation dataset one clip at a time (one view per clip)"
+                )
             t = clips.shape[1]
             for j, p in enumerate(parts):
-                lens += [t if p[1] is None else int(p[1])] * nc
-                labels += [int(p[2])] * nc
-                videos += [i0 + j] * nc
-                clip_ids += list(range(nc))
+                lens.append(t if p[1] is None else int(p[1]))
+                labels.append(int(p[2]))
+                videos.append(i0 + j)
+                clip_ids.append(0)
             i0 += len(parts)
             seqs.append(encoder(clips.to(device)).float().cpu().numpy())
     as_i64 = lambda a: np.asarray(a, dtype=np.int64)
@@ -341,6 +354,8 @@ def extract_features(
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     if n_views < 1:
         raise ValueError(f"n_views must be >= 1, got {n_views}")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"cannot extract features of an empty dataset ({type(dataset).__name__} with no item)")
     dev = get_device(device)
     enc_id = dict(
         name=getattr(encoder, "name", type(encoder).__name__), hp=getattr(encoder, "hp", {}), w=weights_hash(encoder)
@@ -365,7 +380,7 @@ def extract_features(
                 except (OSError, KeyError, ValueError) as e:
                     warnings.warn(f"feature cache file {f} is unreadable ({e}); re-extracting it", stacklevel=2)
             t0 = time.perf_counter()
-            with forked_rng(seed + v):
+            with no_random(seed + v, reproducible=False):
                 arrays = dict(zip(keys, _encode_view(dataset, encoder, batch_size, dev, num_workers)))
             arrays["sequences"] = arrays["sequences"].astype(dtype)
             if f is not None:

@@ -3,13 +3,17 @@
 Covers the cases that cross chapters: damaged videos, a build killed with SIGKILL and resumed, stale parameters,
 broken split files, that the temporal augmentations keep the label, that the fused augmentation (one colour matrix,
 one crop/resize/flip) matches torchvision's functional ops on cached frames, and that batches handed over by worker
-processes through the loader's shared slots equal those built in the main process.
+processes through the loader's shared slots equal those built in the main process. And what a careless user does:
+a generated dataset asked into a real, half-downloaded UCF101; two builds of one folder at once; `kill -9` of a
+command with worker processes; outputs that cannot be written, or a disk that fills up; every video broken; a
+video listed but missing; a video replaced after its features were cached.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -26,7 +31,7 @@ from esn_video.core import seed_everything
 from esn_video.data.cache import FrameCache, StaleCacheError, build_frame_cache, cache_params
 from esn_video.data.decode import decode_video
 from esn_video.data.loaders import ClipDataset, ClipSpec, VideoSource, clip_dataloaders, eval_dataloader, sample_indices
-from esn_video.data.synth import make_synth_dataset, motion_features
+from esn_video.data.synth import make_synth_dataset, motion_features, write_split_files
 from esn_video.data.ucf101 import SplitFileError, ucf101_index
 
 CLI = str(Path(sys.executable).parent / "esn-video")
@@ -118,10 +123,34 @@ def test_stale_parameters_never_hit(tree, cache):
     assert r.returncode == 2 and "other parameters" in r.stderr and str(cache.path) in r.stderr
 
 
-def test_killed_build_resumes(tmp_path):
-    root = make_synth_dataset(
-        tmp_path / "k", n_classes=4, n_groups=5, clips_per_group=4, n_frames=60, size=(160, 120), progress=False
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory) -> Path:
+    "80 videos of 60 frames at 160x120."
+    root = tmp_path_factory.mktemp("big") / "k"
+    return make_synth_dataset(
+        root, n_classes=4, n_groups=5, clips_per_group=4, n_frames=60, size=(160, 120), progress=False
     )
+
+
+@pytest.fixture(scope="module")
+def many_tree(big_tree, tmp_path_factory) -> Path:
+    "The 80 videos of `big_tree` ten times over (hard links under 800 names): a cache build of several seconds."
+    root = tmp_path_factory.mktemp("many") / "m"
+    videos = []
+    for src in sorted((big_tree / "UCF-101").rglob("*.avi")):
+        cls, rest = src.parent.name, src.stem.split("_g")[1]
+        g, c = int(rest[:2]), int(rest.split("_c")[1])
+        for k in range(10):
+            dst = root / "UCF-101" / cls / f"v_{cls}_g{g:02d}_c{c + 4 * k:02d}.avi"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)
+            videos.append((cls, g, c + 4 * k))
+    write_split_files(root, sorted({v[0] for v in videos}), videos, 5)
+    return root
+
+
+def test_killed_build_resumes(big_tree, tmp_path):
+    root = big_tree
     out = tmp_path / "kc"
     cmd = [CLI, "data", "cache", str(root), "--out", str(out), "--size", "src", "--workers", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -308,3 +337,243 @@ def test_worker_batches_equal_in_process(tree, cache):
 
     a, b = first(3), first(3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# --- what a careless user does ---------------------------------------------------------------------------------------
+
+
+def _run(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, **kw)
+
+
+def _half_downloaded_ucf101(root: Path) -> list[Path]:
+    "A real UCF101 being extracted: class folders with videos, no split lists yet."
+    from esn_video.data.synth import group_look, render_clip, write_video
+
+    files = []
+    for cls in ("ApplyEyeMakeup", "Basketball"):
+        f = root / "UCF-101" / cls / f"v_{cls}_g01_c01.avi"
+        f.parent.mkdir(parents=True)
+        files.append(
+            write_video(
+                f, render_clip("rise", False, group_look(0, 1, (32, 24)), 8, (32, 24), np.random.default_rng(0))
+            )
+        )
+    return files
+
+
+def test_synth_never_deletes_what_it_did_not_write(tmp_path):
+    "A real, half-downloaded UCF101 is refused by the generator (also with --overwrite) and keeps every file."
+    real = tmp_path / "UCF101"
+    files = _half_downloaded_ucf101(real)
+    content = {f: f.read_bytes() for f in files}
+    with pytest.raises(FileExistsError, match="did not write"):
+        make_synth_dataset(real, n_classes=4, n_groups=5, clips_per_group=1, n_frames=16, size=(32, 24),
+                           progress=False, overwrite=True)  # fmt: skip
+    r = _run("data", "synth", str(real), "--preset", "tiny", "--overwrite")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(real) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert {f: f.read_bytes() for f in files} == content
+    assert sorted(p.relative_to(real).as_posix() for p in real.rglob("*") if p.is_file()) == sorted(
+        f.relative_to(real).as_posix() for f in files
+    )
+    from esn_video.data.synth import NotOurDatasetError, ensure_synth_dataset
+
+    with pytest.raises(NotOurDatasetError, match=str(real)):
+        ensure_synth_dataset(real, n_classes=4, n_groups=5, progress=False)
+    assert {f: f.read_bytes() for f in files} == content
+
+
+def test_synth_cli_names_the_flag(tmp_path):
+    "A folder already generated: the command says to pass --overwrite (a flag), not overwrite=True (a Python argument)."
+    d = tmp_path / "s"
+    assert _run("data", "synth", str(d), "--preset", "tiny", "--workers", "1").returncode == 0
+    r = _run("data", "synth", str(d), "--preset", "tiny")
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "overwrite=True" not in r.stderr, r.stderr
+    assert _run("data", "synth", str(d), "--preset", "tiny", "--overwrite", "--workers", "1").returncode == 0
+
+
+def test_synth_generation_is_locked(tmp_path):
+    "Two processes asking for the same generated dataset at once: one generates, the other waits and finds it done."
+    dest = tmp_path / "shared"
+    code = (
+        "import sys; from esn_video.data.synth import ensure_synth_dataset; "
+        f"ensure_synth_dataset({str(dest)!r}, progress=False, workers=1, n_classes=12, n_groups=8, clips_per_group=2, "
+        "n_frames=24, size=(32, 24), log=lambda m: print(m, flush=True))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    said = "".join(o for o, _ in outs)
+    assert said.count("generating the dataset") == 1, said
+    assert len(list((dest / "UCF-101").rglob("*.avi"))) == 12 * 8 * 2
+
+
+def test_features_follow_video_content(tmp_path):
+    "A video replaced after its features were cached: the frame cache decodes it again and its features are re-extracted."
+    from esn_video.features import build_encoder, extract_features
+
+    root = make_synth_dataset(tmp_path / "t", n_classes=4, n_groups=5, clips_per_group=1, n_frames=16, size=(32, 24),
+                              progress=False, workers=1)  # fmt: skip
+    idx = ucf101_index(root, val_fraction=0)
+    spec = ClipSpec(n_frames=8, stride=2, size=(32, 24))
+    enc = build_encoder("pixels", size=4)
+
+    def features(records):
+        c = build_frame_cache(idx.train + idx.test, tmp_path / "fc", size=(32, 24), progress=False, log=lambda *a: None)
+        return c, extract_features(ClipDataset(records, c, spec), enc, tmp_path / "feat", device="cpu")
+
+    _, train0 = features(idx.train)
+    _, test0 = features(idx.test)
+    idx.train[0].path.write_bytes(idx.test[0].path.read_bytes())  # other content under the same name
+    c, train1 = features(idx.train)
+    assert c.report["decoded"] == 1
+    assert train1.meta["files"] != train0.meta["files"]
+    assert not torch.equal(train1.sequences[0], train0.sequences[0])
+    assert torch.equal(train1.sequences[1:], train0.sequences[1:])
+    _, test1 = features(idx.test)  # unchanged videos: still a hit
+    assert test1.meta["files"] == test0.meta["files"] and torch.equal(test1.sequences, test0.sequences)
+
+
+def test_two_cache_builds_at_once(many_tree, tmp_path):
+    "A second `data cache` of the same folder waits for the first (one line naming the lock) and finds the work done."
+    out = tmp_path / "c"
+    cmd = [
+        CLI,
+        "data",
+        "cache",
+        str(many_tree),
+        "--out",
+        str(out),
+        "--size",
+        "32x24",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mf, t0 = out / "manifest.jsonl", time.time()
+    while time.time() - t0 < 60 and (not mf.exists() or not mf.read_text()):
+        time.sleep(0.01)
+    second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (_o1, e1), (o2, e2) = first.communicate(timeout=300), second.communicate(timeout=300)
+    assert (first.returncode, second.returncode) == (0, 0), (e1, e2)
+    waits = [ln for ln in o2.splitlines() if "waiting" in ln]
+    assert len(waits) == 1 and str(out / ".lock") in waits[0], o2
+    assert "0 videos to decode (800 already done)" in o2, o2
+    assert len(FrameCache(out)) == 800
+
+
+@pytest.mark.parametrize("command", ["cache", "synth"])
+def test_killed_command_leaves_no_workers(command, many_tree, tmp_path):
+    "`kill -9` of a command running 2 worker processes: the workers end with it."
+    if command == "cache":
+        args = ["data", "cache", str(many_tree), "--out", str(tmp_path / "c"), "--size", "src", "--no-progress"]
+    else:
+        args = ["data", "synth", str(tmp_path / "s"), "--preset", "bench"]
+    proc = subprocess.Popen([CLI, *args, "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent, t0 = psutil.Process(proc.pid), time.time()
+    while len(parent.children()) < 2 and time.time() - t0 < 60:
+        time.sleep(0.01)
+    workers = parent.children()
+    try:
+        assert len(workers) == 2, workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert alive == [], f"workers left running after their parent was killed: {alive}"
+    finally:
+        for w in workers:
+            if w.is_running():
+                w.kill()
+
+
+@pytest.mark.parametrize("command", ["cache", "synth"])
+def test_unwritable_outputs_say_so_in_one_line(command, tree, tmp_path):
+    "An output folder that cannot be written: one line naming it and why, exit status 1, no traceback."
+    (tmp_path / "afile").write_text("")
+    bad = [tmp_path / "afile" / "out", Path("/proc/esn-video-test/out")]
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        bad.append(ro / "out")
+    for b in bad:
+        if command == "cache":
+            r = _run("data", "cache", str(tree), "--out", str(b), "--size", "32x24", "--no-progress")
+        else:
+            r = _run("data", "synth", str(b), "--preset", "tiny")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert str(b) in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def _small_files(limit: int):
+    "For a subprocess: files may grow to `limit` bytes only (a disk that fills up), failing with EFBIG."
+
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return preexec
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_full_disk_names_the_file(tree, tmp_path, workers):
+    "A write that fails half-way (here: a file-size limit) ends the command in one line naming the file, exit status 1."
+    out = tmp_path / "c"
+    r = subprocess.run(
+        [CLI, "data", "cache", str(tree), "--out", str(out), "--size", "64x48", "--workers", workers, "--no-progress"],
+        capture_output=True, text=True, preexec_fn=_small_files(20_000),
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {out / 'frames'}" in lines[0] and ".npy: " in lines[0], lines
+    r = subprocess.run(
+        [CLI, "data", "synth", str(tmp_path / "s"), "--preset", "tiny", "--size", "320x240", "--workers", workers,
+         "--no-progress"],
+        capture_output=True, text=True, preexec_fn=_small_files(20_000),
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot write {tmp_path / 's' / 'UCF-101'}" in lines[0] and ".avi: " in lines[0], lines
+
+
+def test_every_video_broken_says_why(tmp_path):
+    "Every video of the dataset broken: the clip dataset says how many were given and why they were skipped."
+    root = make_synth_dataset(tmp_path / "t", n_classes=4, n_groups=5, clips_per_group=1, n_frames=16, size=(32, 24),
+                              progress=False, workers=1)  # fmt: skip
+    for f in (root / "UCF-101").rglob("*.avi"):
+        f.write_bytes(os.urandom(3000))
+    idx = ucf101_index(root)
+    c = build_frame_cache(root, tmp_path / "c", size=(32, 24), progress=False, log=lambda *a: None)
+    assert len(c) == 0 and len(c.skipped) == 20
+    with pytest.raises(ValueError, match=rf"none of the {len(idx.train)} videos given can be used: all "
+                                         rf"{len(idx.train)} were skipped \(.*FFmpeg cannot open"):  # fmt: skip
+        ClipDataset(idx.train, c, ClipSpec(8, 2, (32, 24)), train=True)
+
+
+def test_listed_but_missing_video_is_skipped_and_reported(tmp_path):
+    "A listed video missing on disk: skipped with its reason by the index, the cache and the clip datasets (not fatal)."
+    root = make_synth_dataset(tmp_path / "t", n_classes=4, n_groups=5, clips_per_group=1, n_frames=16, size=(32, 24),
+                              progress=False, workers=1)  # fmt: skip
+    idx = ucf101_index(root)
+    gone, broken = idx.train[1], idx.test[0]
+    gone.path.unlink()
+    broken.path.write_bytes(b"not a video")
+    idx = ucf101_index(root)
+    assert idx.missing == {gone.rel: "listed in trainlist01.txt but missing"}
+    assert gone in idx.train  # kept in its split, as the list says
+    r = _run("data", "cache", str(root), "--out", str(tmp_path / "c"), "--size", "32x24", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"skipped {gone.path}: listed in trainlist01.txt but missing" in r.stdout, r.stdout
+    c = FrameCache(tmp_path / "c")
+    spec = ClipSpec(8, 2, (32, 24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for source in (c, VideoSource(size=(32, 24))):
+            train, test = ClipDataset(idx.train, source, spec), ClipDataset(idx.test, source, spec)
+            assert train.dropped == {gone: "listed in trainlist01.txt but missing"}
+            assert list(test.dropped) == [broken] and "FFmpeg cannot open" in test.dropped[broken]
+            assert len(train) == len(idx.train) - 1 and len(test) == len(idx.test) - 1

@@ -20,9 +20,19 @@ import pytest
 import torch
 from torch import nn
 
-from esn_video.features import feature_dataloaders, toy_feature_sets
+from esn_video.features import FeatureSet, feature_dataloaders
 from esn_video.learner import build_learner, train
+from esn_video.models.bench import event_order_task
 from esn_video.tracking import MlflowSettings
+
+
+def _toy(seed: int) -> tuple[FeatureSet, FeatureSet, FeatureSet]:
+    "Train, valid and test sets of the event-order task (the class is the order of a few events)."
+    out = []
+    for k, n in enumerate((48, 24, 24)):
+        x, ln, y = event_order_task(n, n_steps=8, n_features=6, n_classes=3, noise=0.3, seed=10 * seed + k)
+        out.append(FeatureSet(x, ln, y, torch.arange(n), torch.zeros(n, dtype=torch.long)))
+    return tuple(out)
 
 
 def _free_port() -> int:
@@ -96,7 +106,7 @@ def test_training_run_logged_to_real_server(mlflow_server, tmp_path):
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     url, server_dir = mlflow_server
     torch.manual_seed(0)
-    tr, va, te = toy_feature_sets(seed=6)
+    tr, va, te = _toy(seed=6)
     dls = feature_dataloaders(tr, va, te, bs=16, device="cpu")
     settings = MlflowSettings(
         tracking_uri=url,
@@ -109,7 +119,7 @@ def test_training_run_logged_to_real_server(mlflow_server, tmp_path):
     res = train(learn, 3)
 
     c = MlflowClient(url)
-    run = c.get_run(res["mlflow_run_id"])
+    run = c.get_run(res.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "gru-tiny"
     assert run.data.tags["purpose"] == "test"
@@ -118,14 +128,14 @@ def test_training_run_logged_to_real_server(mlflow_server, tmp_path):
     assert "cloud.storage_key" not in run.data.params
     assert all("NOT-A-REAL-KEY" not in v for v in run.data.params.values())
     hist = pd.read_csv(tmp_path / "run" / "history.csv")
-    for name in ("valid_loss", "accuracy", "macro_f1", "test_accuracy", "test_loss"):
-        logged = sorted(c.get_metric_history(run.info.run_id, name), key=lambda m: m.step)
+    for name in ("valid_loss", "valid_accuracy", "valid_macro_f1", "test_accuracy", "test_loss"):
+        logged = sorted(c.get_metric_history(run.info.run_id, f"history/{name}"), key=lambda m: m.step)
         assert [m.step for m in logged] == [0, 1, 2]
         assert [m.value for m in logged] == pytest.approx(hist[name].tolist(), rel=1e-6)
-    assert run.data.metrics["final_test.accuracy"] == pytest.approx(res["test"]["accuracy"])
-    assert run.data.metrics["fit_seconds"] == pytest.approx(res["fit_seconds"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(res.test["accuracy"])
+    assert run.data.metrics["train_seconds"] == pytest.approx(res.train_seconds)
     arts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"history.csv", "curves.png", "model_summary.txt", "train_summary.json"} <= arts
+    assert {"history.csv", "curves.png", "model_summary.txt", "confusion_matrix_test.png"} <= arts
     got = c.download_artifacts(run.info.run_id, "history.csv", str(tmp_path / "dl"))
     assert Path(got).read_text() == (tmp_path / "run" / "history.csv").read_text()
     # the artifacts went through the server into its artifact folder, not into our run folder
@@ -142,7 +152,7 @@ def test_failed_fit_marks_server_run_failed(mlflow_server, tmp_path):
                 raise RuntimeError("disk on fire")
 
     url, _ = mlflow_server
-    tr, va, te = toy_feature_sets(seed=7)
+    tr, va, te = _toy(seed=7)
     dls = feature_dataloaders(tr, va, te, bs=16, device="cpu")
     settings = MlflowSettings(tracking_uri=url, experiment="server-test", run_name="crash")
     learn = build_learner(_GRU(6, 3), dls, run_dir=tmp_path / "run", mlflow=settings, tensorboard=False, cbs=[_Crash()])

@@ -1,7 +1,8 @@
 """The models chapters through the real command line and across modules.
 
 `esn-video bench esn` dispatched by the installed console script (a tiny run, with reservoirpy), its usage errors,
-and every model of `build_model` saved and restored through `torch.save` with the same outputs.
+every model of the registry saved and restored through `torch.save` with the same outputs, the shipped configs'
+hyperparameters accepted by `check_hyperparameters`, and the baselines importable without the ESN.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from esn_video.models.baselines import MODELS, build_model
+from esn_video.models.registry import MODELS, build_model, check_hyperparameters
 
 CLI = str(Path(sys.executable).parent / "esn-video")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_bench_esn_cli_writes_ratios(tmp_path):
@@ -56,3 +59,29 @@ def test_models_round_trip_through_torch_save(name, tmp_path):
     restored.load_state_dict(torch.load(f))
     with torch.no_grad():
         torch.testing.assert_close(restored(x, lengths), model(x, lengths))
+
+
+def _space_corners(space: dict) -> list[dict]:
+    "The search space's values at its bounds: each range's ends, each choice (the rest at the configured hp)."
+    pts = []
+    for name, spec in space.items():
+        vals = (spec.get("choice") or spec.get("log")) if isinstance(spec, dict) else spec
+        pts += [{name: v} for v in vals]
+    return pts
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_pass_check_hyperparameters(config):
+    cfg = yaml.safe_load((CONFIGS / config).read_text())
+    for m in cfg["models"]:
+        hp = m.get("hp") or {}
+        check_hyperparameters(m["kind"], hp)
+        for corner in _space_corners((m.get("search") or {}).get("space") or {}):
+            check_hyperparameters(m["kind"], {**hp, **corner})
+
+
+def test_baselines_import_without_the_esn():
+    code = "import sys, esn_video.models.baselines; print('esn_video.models.esn' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

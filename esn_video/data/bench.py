@@ -22,6 +22,7 @@ import torch
 from ..core import single_thread
 from .cache import build_frame_cache
 from .loaders import ClipDataset, ClipLoader, ClipSpec, VideoSource
+from .synth import die_with_parent
 from .transforms import ClipAugment, keep_freed_memory
 from .ucf101 import find_layout, ucf101_index
 
@@ -108,7 +109,7 @@ def parallel_ceiling(n: int = 6_000_000) -> float:
     "How much faster two processes finish two equal pure-Python CPU tasks than one process: the machine's free cores now."
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(2) as ex:
+    with ProcessPoolExecutor(2, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
         list(ex.map(_spin, [1000, 1000]))  # start the processes
         t0 = time.perf_counter()
         _spin(n)
@@ -146,7 +147,10 @@ def pipeline_ceiling(ds: torch.utils.data.Dataset, seconds: float = 1.0) -> floa
         return None
     _PIPELINE = ds
     try:
-        with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+        pool = ProcessPoolExecutor(
+            2, mp_context=mp.get_context("fork"), initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool as ex:
             list(ex.map(_pipeline, [20, 20]))  # start the processes, warm the caches
             per_clip = ex.submit(_pipeline, 20).result() / 20
             n = max(20, int(seconds / 4 / per_clip))  # about `seconds` in all

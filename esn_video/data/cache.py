@@ -8,6 +8,7 @@ Docs: https://esn-video.github.io/esn-video/data.cache.html.md"""
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -22,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..core import atomic_write
+from ..core import UnwritableDirError, atomic_write, writable_dir
 from .decode import VideoDecodeError, decode_video, probe_video, resampled_count
+from .synth import die_with_parent, waiting_lock
 from .ucf101 import VideoRecord, ucf101_index
 
 # %% auto #0
@@ -108,8 +110,27 @@ class FrameCache:
 
     @property
     def skipped(self) -> dict[str, str]:
-        "Videos that could not be decoded: key -> reason."
+        "Videos that could not be used (undecodable, or listed but missing): key -> reason."
         return {k: e["reason"] for k, e in self.manifest.items() if e["status"] == "skipped"}
+
+    def why_unusable(self, item) -> str | None:
+        "Why the cache holds no frames of a video (the reason it was skipped, or that it was never cached); None if it does."
+        if item in self:
+            return None
+        e = self.manifest.get(_key(item))
+        if e is not None and e["status"] == "skipped":
+            return e["reason"]
+        return f"not in frame cache {self.path} (run 'esn-video data cache' to add it)"
+
+    def content_hash(self, items: Iterable) -> str:
+        "A stable hash of what the cache holds for `items`, in order: parameters, and per video its source's size and modification time, frame count and shape (or why it was skipped)."
+        fields = ("status", "src_size", "src_mtime_ns", "frames", "shape", "reason")
+        rows = []
+        for it in items:
+            e = self.manifest.get(_key(it))
+            rows.append([_key(it), None if e is None else [e.get(f) for f in fields]])
+        blob = json.dumps([self.params.get("hash"), rows], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
 
     def __contains__(self, item) -> bool:
         e = self.manifest.get(_key(item))
@@ -172,6 +193,11 @@ def _stat(p: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def _named(e: OSError, path: str | Path) -> OSError:
+    "`e` as a plain `OSError` that names a file (a failed write names none)."
+    return OSError(e.errno, e.strerror or str(e), e.filename or str(path))
+
+
 def _build_one(args) -> dict:
     src, key, out_file, fps, size = args
     src, out_file = Path(src), Path(out_file)
@@ -186,7 +212,10 @@ def _build_one(args) -> dict:
         return {**entry, "status": "skipped", "reason": e.reason, "src_frames": 0}
     except Exception as e:  # any other decoder failure is a skipped video, never a crashed build
         return {**entry, "status": "skipped", "reason": f"{type(e).__name__}: {e}", "src_frames": 0}
-    atomic_write(out_file, lambda f: np.save(f, frames))
+    try:
+        atomic_write(out_file, lambda f: np.save(f, frames))
+    except OSError as e:  # e.g. a full disk: stops the build, naming the file
+        raise _named(e, out_file) from None
     return {**entry, "status": "ok", "frames": int(frames.shape[0]), "shape": list(frames.shape), "src_frames": n_src}
 
 
@@ -221,6 +250,11 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def _missing_reason(item: VideoRecord | Path) -> str:
+    listed = getattr(item, "listed_in", "")
+    return f"listed in {listed} but missing" if listed else "file does not exist"
+
+
 def build_frame_cache(
     records: Iterable[VideoRecord | str | Path] | str | Path,
     out: str | Path,
@@ -235,72 +269,86 @@ def build_frame_cache(
     if isinstance(records, (str, Path)):
         idx = ucf101_index(records, split=1, val_fraction=0)
         records = idx.train + idx.test
-    paths = [r.path if isinstance(r, VideoRecord) else Path(r) for r in records]
-    out = Path(out)
+    items = [r if isinstance(r, VideoRecord) else Path(r) for r in records]
+    out = writable_dir(out, "frame cache folder")
     params = cache_params(fps, size)
     pf = out / "params.json"
-    if pf.exists():
-        have = json.loads(pf.read_text())
-        if have.get("hash") != params["hash"]:
-            raise StaleCacheError(
-                f"{out} holds a frame cache built with other parameters ({_diff(have, params)}); "
-                f"use another --out (e.g. {cache_dir_for(out.parent, fps, size)}) or delete {out}"
-            )
-    (out / "frames").mkdir(parents=True, exist_ok=True)
-    if not pf.exists():
-        atomic_write(pf, json.dumps(params, indent=1))
-    for stray in (out / "frames").rglob(".*.tmp"):  # atomic_write's temporary files, left by a killed build
-        stray.unlink(missing_ok=True)
-    manifest = _read_manifest(out / "manifest.jsonl")
-    todo, reused = [], 0
-    for p in paths:
-        k = _key(p)
-        e = manifest.get(k)
-        try:
-            st = _stat(p)
-        except OSError:
-            st = None
-        fresh = e is not None and st is not None and (e.get("src_size"), e.get("src_mtime_ns")) == st
-        if fresh and (e["status"] == "skipped" or _entry_file(out, k).exists()):
-            reused += 1
-        else:
-            todo.append((str(p), k, str(_entry_file(out, k)), fps, size))
-    need = estimate_cache_bytes([Path(t[0]) for t in todo], fps, size)
-    free = shutil.disk_usage(out).free
-    log(
-        f"frame cache {out}: {len(todo)} videos to decode ({reused} already done), about {_gb(need)} needed, {_gb(free)} free"
-    )
-    if check_disk and need > free * 0.95:
-        raise NotEnoughDiskError(
-            f"the frame cache needs about {_gb(need)} but {out} has {_gb(free)} free: choose a lower --fps or --size, "
-            "or another --out on a larger disk"
-        )
-    t0, n_src, n_ok, skipped = time.perf_counter(), 0, 0, []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    with (
-        open(out / "manifest.jsonl", "a") as mf,
-        tqdm(total=len(todo), desc="frame cache", unit="video", disable=not progress) as bar,
-    ):
-
-        def record(e: dict) -> None:
-            nonlocal n_src, n_ok
-            mf.write(json.dumps(e) + "\n")
-            mf.flush()
-            n_src += e.pop("src_frames", 0)
-            if e["status"] == "ok":
-                n_ok += 1
+    with waiting_lock(out / ".lock", f"frame cache {out}", log):
+        if pf.exists():
+            have = json.loads(pf.read_text())
+            if have.get("hash") != params["hash"]:
+                raise StaleCacheError(
+                    f"{out} holds a frame cache built with other parameters ({_diff(have, params)}); "
+                    f"use another --out (e.g. {cache_dir_for(out.parent, fps, size)}) or delete {out}"
+                )
+        (out / "frames").mkdir(parents=True, exist_ok=True)
+        if not pf.exists():
+            atomic_write(pf, json.dumps(params, indent=1))
+        for stray in (out / "frames").rglob(".*.tmp"):  # atomic_write's temporary files, left by a killed build
+            stray.unlink(missing_ok=True)
+        manifest = _read_manifest(out / "manifest.jsonl")
+        todo, missing, reused = [], [], 0
+        for it in items:
+            p = it.path if isinstance(it, VideoRecord) else it
+            k = _key(p)
+            e = manifest.get(k)
+            try:
+                st = _stat(p)
+            except OSError:
+                st = (None, None)  # not on disk: skipped, and decoded once it appears
+            fresh = e is not None and (e.get("src_size"), e.get("src_mtime_ns")) == st
+            if fresh and (e["status"] == "skipped" or _entry_file(out, k).exists()):
+                reused += 1
+            elif st == (None, None):
+                missing.append(dict(key=k, src=str(p), status="skipped", reason=_missing_reason(it), src_frames=0))
             else:
-                skipped.append((e["src"], e["reason"]))
-            bar.update()
+                todo.append((str(p), k, str(_entry_file(out, k)), fps, size))
+        need = estimate_cache_bytes([Path(t[0]) for t in todo], fps, size)
+        free = shutil.disk_usage(out).free
+        log(
+            f"frame cache {out}: {len(todo)} videos to decode ({reused} already done), about {_gb(need)} needed, {_gb(free)} free"
+        )
+        if check_disk and need > free * 0.95:
+            raise NotEnoughDiskError(
+                f"the frame cache needs about {_gb(need)} but {out} has {_gb(free)} free: choose a lower --fps or --size, "
+                "or another --out on a larger disk"
+            )
+        t0, n_src, n_ok, skipped = time.perf_counter(), 0, 0, []
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+        mf_path = out / "manifest.jsonl"
+        with (
+            open(mf_path, "a") as mf,
+            tqdm(total=len(todo) + len(missing), desc="frame cache", unit="video", disable=not progress) as bar,
+        ):
 
-        if workers == 1:
-            for t in todo:
-                record(_build_one(t))
-        else:
-            with ProcessPoolExecutor(workers) as ex:
-                for e in ex.map(_build_one, todo, chunksize=4):
-                    record(e)
-    secs = time.perf_counter() - t0
+            def record(e: dict) -> None:
+                nonlocal n_src, n_ok
+                try:
+                    mf.write(json.dumps(e) + "\n")
+                    mf.flush()
+                except OSError as err:
+                    raise _named(err, mf_path) from None
+                n_src += e.pop("src_frames", 0)
+                if e["status"] == "ok":
+                    n_ok += 1
+                else:
+                    skipped.append((e["src"], e["reason"]))
+                bar.update()
+
+            for e in missing:
+                record(e)
+            if workers == 1:
+                for t in todo:
+                    record(_build_one(t))
+            else:
+                with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
+                    try:
+                        for e in ex.map(_build_one, todo, chunksize=4):
+                            record(e)
+                    except BaseException:
+                        ex.shutdown(cancel_futures=True)
+                        raise
+        secs = time.perf_counter() - t0
     cache = FrameCache(out)
     cache.report = dict(
         decoded=n_ok,
@@ -346,11 +394,19 @@ def cache_cli(argv: list[str], prog: str = "esn-video data cache") -> int:
         p.error(f"--fps must be positive, got {a.fps}")
     try:
         c = build_frame_cache(a.root, a.out, fps=a.fps, size=a.size, workers=a.workers, progress=not a.no_progress)
-    except (FileNotFoundError, StaleCacheError, ValueError) as e:
+    except (UnwritableDirError, NotEnoughDiskError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (StaleCacheError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except NotEnoughDiskError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        if e.filename is None:  # ours, about the arguments: e.g. ROOT is not a UCF101-layout tree
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        full = e.errno in (None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # None: numpy's short write
+        hint = "; free some space, or choose another --out" if full else ""
+        print(f"{prog}: error: cannot write {e.filename}: {e.strerror or e}{hint}", file=sys.stderr)
         return 1
     print(repr(c))
     return 0

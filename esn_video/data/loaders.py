@@ -26,8 +26,8 @@ from .transforms import ClipAugment, ClipResizeCrop, NormalizeClips, keep_freed_
 from .ucf101 import UCF101Index, VideoRecord
 
 # %% auto #0
-__all__ = ['ClipSpec', 'sample_indices', 'VideoSource', 'ClipDataset', 'collate_clips', 'shared_memory_free',
-           'check_shared_memory', 'ClipLoader', 'clip_dataloaders', 'eval_dataloader']
+__all__ = ['ClipSpec', 'sample_indices', 'VideoSource', 'NoUsableVideosError', 'ClipDataset', 'collate_clips',
+           'shared_memory_free', 'check_shared_memory', 'ClipLoader', 'clip_dataloaders', 'eval_dataloader']
 
 # %% ../../nbs/15_data.loaders.ipynb #3c6a55af
 @dataclass(frozen=True)
@@ -100,11 +100,17 @@ class VideoSource:
         frames, _ = decode_video(record.path, fps=self.fps, size=self.size, stop=int(idx.max()) + 1)
         return frames[np.minimum(idx, len(frames) - 1)]
 
-    def __contains__(self, record: VideoRecord) -> bool:
+    def why_unusable(self, record: VideoRecord) -> str | None:
+        "Why the video cannot be read (listed but missing, or the decoder's reason), or None when it can."
+        if not record.path.exists() and getattr(record, "listed_in", ""):
+            return f"listed in {record.listed_in} but missing"
         try:
-            return self.n_frames(record) > 0
-        except VideoDecodeError:
-            return False
+            return None if self.n_frames(record) > 0 else "it holds no frames"
+        except VideoDecodeError as e:
+            return e.reason
+
+    def __contains__(self, record: VideoRecord) -> bool:
+        return self.why_unusable(record) is None
 
     def __repr__(self) -> str:
         return f"VideoSource(fps={self.fps}, size={self.size})"
@@ -124,6 +130,17 @@ class _GlobalRandom:
 _GLOBAL_RANDOM = _GlobalRandom()
 
 
+class NoUsableVideosError(ValueError):
+    "None of the videos given to a dataset can be used; the message says how many there were and why they were skipped."
+
+
+def _unusable(record: VideoRecord, source) -> str | None:
+    why = getattr(source, "why_unusable", None)
+    if why is not None:
+        return why(record)
+    return None if record in source else "not in the source"
+
+
 class ClipDataset(torch.utils.data.Dataset):
     "Map-style dataset of `(clip uint8 (T, C, H, W), label)` (clip `(n_clips, T, C, H, W)` when `spec.n_clips > 1` and not training)."
 
@@ -136,18 +153,20 @@ class ClipDataset(torch.utils.data.Dataset):
         augment: bool | Callable[[torch.Tensor], torch.Tensor] = True,
     ):
         self.source, self.spec, self.train = source, spec, train
-        kept = [r for r in records if r in source]
-        left_out = len(records) - len(kept)
-        if left_out:
-            reasons = getattr(source, "skipped", {})
-            gone = [r for r in records if r not in source]
-            detail = "; ".join(f"{r.rel} ({reasons.get(r.rel, 'not in the source')})" for r in gone[:5])
-            warnings.warn(
-                f"{left_out} of {len(records)} videos are left out: {detail}{' ...' if left_out > 5 else ''}",
-                stacklevel=2,
-            )
-        self.records = kept
-        self.left_out = left_out
+        why = {r: _unusable(r, source) for r in records}
+        self.dropped: dict[VideoRecord, str] = {r: w for r, w in why.items() if w is not None}
+        self.records = [r for r in records if why[r] is None]
+        self.left_out = len(self.dropped)
+        if self.dropped:
+            n_show = 5 if self.records else 3
+            detail = "; ".join(f"{r.rel} ({w})" for r, w in list(self.dropped.items())[:n_show])
+            more = " ..." if len(self.dropped) > n_show else ""
+            if not self.records:
+                raise NoUsableVideosError(
+                    f"none of the {len(records)} videos given can be used: all {len(self.dropped)} were skipped "
+                    f"({detail}{more}); check the dataset's files, and the frame cache's report of why"
+                )
+            warnings.warn(f"{len(self.dropped)} of {len(records)} videos are left out: {detail}{more}", stacklevel=2)
         if train and augment:
             self.tfm = augment if callable(augment) else ClipAugment(spec.size)
         else:

@@ -8,21 +8,31 @@ Docs: https://esn-video.github.io/esn-video/data.synth.html.md"""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import shutil
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+import psutil
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from ..core import UnwritableDirError, read_json, writable_dir, write_json
+
 # %% auto #0
-__all__ = ['CLASS_PAIRS', 'SYNTH_PRESETS', 'synth_classes', 'GroupLook', 'group_look', 'render_clip', 'write_video',
-           'split_test_groups', 'write_split_files', 'make_synth_dataset', 'motion_features', 'synth_cli']
+__all__ = ['CLASS_PAIRS', 'SYNTH_PRESETS', 'SYNTH_MARKER', 'SYNTH_LOCK', 'synth_classes', 'GroupLook', 'group_look',
+           'render_clip', 'write_video', 'split_test_groups', 'write_split_files', 'die_with_parent', 'waiting_lock',
+           'NotOurDatasetError', 'SynthExistsError', 'SynthParamsError', 'synth_params', 'read_synth_marker',
+           'make_synth_dataset', 'ensure_synth_dataset', 'motion_features', 'synth_cli']
 
 # %% ../../nbs/11_data.synth.ipynb #10185d26023b46108eb7d9f57d49d2b3
 #: (forward class, reversed class, event kind)
@@ -175,6 +185,11 @@ def render_clip(
     return out[::-1].copy() if reverse else out
 
 # %% ../../nbs/11_data.synth.ipynb #504fb2a444614c0babb325280ed9130a
+def _named(e: OSError, path: str | Path) -> OSError:
+    "`e` as a plain `OSError` that names a file: a failed write names none, and PyAV's own error classes may not pickle back from a worker process."
+    return OSError(e.errno, e.strerror or str(e), e.filename or str(path))
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
     "Encode uint8 frames (T, H, W, 3) as MPEG-4 Part 2 in an AVI container at `fps`; written atomically."
     path = Path(path)
@@ -185,17 +200,21 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
     if w % 2 or h % 2:
         raise ValueError(f"MPEG-4 needs even frame sizes, got {w}x{h}")
     tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), "w", format="avi") as c:
-        st = c.add_stream("mpeg4", rate=fps)
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.bit_rate = max(200_000, w * h * 12)
-        st.codec_context.gop_size = 12
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+    try:
+        with av.open(str(tmp), "w", format="avi") as c:
+            st = c.add_stream("mpeg4", rate=fps)
+            st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+            st.bit_rate = max(200_000, w * h * 12)
+            st.codec_context.gop_size = 12
+            for f in frames:
+                for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in st.encode():
                 c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: the error names the video, and no partial file stays
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     return path
 
 # %% ../../nbs/11_data.synth.ipynb #b43b363d81ae4b689946ece5c682cd59
@@ -209,29 +228,178 @@ def split_test_groups(n_groups: int, split: int) -> list[int]:
     return list(range((split - 1) * b + 1, split * b + 1))
 
 # %% ../../nbs/11_data.synth.ipynb #c3933fab20d04ec698c2621248eb3be0
-def write_split_files(root: str | Path, classes: list[str], videos: list[tuple[str, int, int]], n_groups: int) -> Path:
-    "Write `ucfTrainTestlist/` (classInd, train/test lists of 3 splits, CRLF like UCF101) for `videos` = (class, group, clip)."
-    d = Path(root) / "ucfTrainTestlist"
-    d.mkdir(parents=True, exist_ok=True)
+def _split_files(classes: list[str], videos: list[tuple[str, int, int]], n_groups: int) -> dict[str, bytes]:
+    "File name -> content of `ucfTrainTestlist/` for `videos` = (class, group, clip)."
     label = {c: i + 1 for i, c in enumerate(classes)}
-    (d / "classInd.txt").write_bytes("".join(f"{label[c]} {c}\r\n" for c in classes).encode())
+    files = {"classInd.txt": "".join(f"{label[c]} {c}\r\n" for c in classes).encode()}
     for split in (1, 2, 3):
         test_groups = set(split_test_groups(n_groups, split))
         train, test = [], []
         for cls, g, c in videos:
             rel = f"{cls}/v_{cls}_g{g:02d}_c{c:02d}.avi"
             (test if g in test_groups else train).append(rel)
-        (d / f"trainlist0{split}.txt").write_bytes("".join(f"{p} {label[p.split('/')[0]]}\r\n" for p in train).encode())
-        (d / f"testlist0{split}.txt").write_bytes("".join(f"{p}\r\n" for p in test).encode())
+        files[f"trainlist0{split}.txt"] = "".join(f"{p} {label[p.split('/')[0]]}\r\n" for p in train).encode()
+        files[f"testlist0{split}.txt"] = "".join(f"{p}\r\n" for p in test).encode()
+    return files
+
+
+def write_split_files(root: str | Path, classes: list[str], videos: list[tuple[str, int, int]], n_groups: int) -> Path:
+    "Write `ucfTrainTestlist/` (classInd, train/test lists of 3 splits, CRLF like UCF101) for `videos` = (class, group, clip)."
+    d = Path(root) / "ucfTrainTestlist"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, data in _split_files(classes, videos, n_groups).items():
+        try:
+            (d / name).write_bytes(data)
+        except OSError as e:
+            raise _named(e, d / name) from None
     return d
 
 # %% ../../nbs/11_data.synth.ipynb #8309879909854d7188b41380fd92a7c3
+def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    while psutil.pid_exists(parent_pid):
+        time.sleep(interval)
+    os._exit(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    "Process-pool initializer: end this worker when process `parent_pid` (the pool's owner) dies, even by SIGKILL."
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        except (OSError, AttributeError):
+            pass  # no prctl: the watchdog below
+        else:
+            if not psutil.pid_exists(parent_pid):  # it died before prctl took effect
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+@contextmanager
+def waiting_lock(lock_file: str | Path, what: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    "Hold the file lock `lock_file` in the block; if another process holds it, say so in one line (`what` is busy) and wait."
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"{what} is being written by another process: waiting for its lock {lock_file}")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+# %% ../../nbs/11_data.synth.ipynb #f0600165
 SYNTH_PRESETS: dict[str, dict] = {
     "tiny": dict(n_classes=4, n_groups=5, clips_per_group=1, n_frames=16, size=(32, 24)),
     "small": dict(n_classes=12, n_groups=8, clips_per_group=3, n_frames=24, size=(32, 24)),
     "default": dict(n_classes=12, n_groups=25, clips_per_group=4, n_frames=48, size=(80, 60)),
     "bench": dict(n_classes=12, n_groups=25, clips_per_group=1, n_frames=60, size=(320, 240)),
 }
+
+#: the generator's marker file in the folder it writes, and its lock file
+SYNTH_MARKER, SYNTH_LOCK = ".esn-video-synth.json", ".esn-video-synth.lock"
+
+
+class NotOurDatasetError(FileExistsError):
+    "A folder that holds files the generator did not write (no marker of its own): it is never written into or deleted."
+
+
+class SynthExistsError(FileExistsError):
+    "A folder that already holds a complete generated dataset; `.dest` and `.params` say which."
+
+    def __init__(self, dest: Path, params: dict):
+        self.dest, self.params = dest, params
+        super().__init__(
+            f"{dest} already holds a complete generated dataset ({params}); replace it with overwrite=True, "
+            "or choose another folder"
+        )
+
+
+class SynthParamsError(FileExistsError):
+    "A folder that holds a complete generated dataset made with other parameters than those asked for."
+
+
+def synth_params(
+    n_classes: int = 12,
+    n_groups: int = 25,
+    clips_per_group: int = 4,
+    n_frames: int = 48,
+    size: tuple[int, int] = (80, 60),
+    seed: int = 0,
+) -> dict:
+    "The generation parameters, checked, as the marker records them: everything that changes the files written."
+    w, h = (int(v) for v in size)
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise ValueError(f"size must be even and at least 16x16 (W, H), got {size}")
+    if n_frames < 8:
+        raise ValueError(f"n_frames must be at least 8, got {n_frames}")
+    if clips_per_group < 1:
+        raise ValueError(f"clips_per_group must be at least 1, got {clips_per_group}")
+    synth_classes(n_classes)  # validates n_classes
+    split_test_groups(n_groups, 1)  # validates n_groups
+    return dict(
+        n_classes=int(n_classes),
+        n_groups=int(n_groups),
+        clips_per_group=int(clips_per_group),
+        n_frames=int(n_frames),
+        size=[w, h],
+        seed=int(seed),
+    )
+
+
+def read_synth_marker(dest: str | Path) -> dict | None:
+    "The generator's marker in `dest` (`params`, `complete`, `videos`), or None when `dest` has none."
+    f = Path(dest) / SYNTH_MARKER
+    if not f.is_file():
+        return None
+    return read_json(f, hint=f"the generator's marker is damaged: delete the folder {Path(dest)} and generate it anew")
+
+
+def _planned(params: dict) -> tuple[list, list[tuple[str, int, int]]]:
+    "(jobs for `_write_one`, videos as (class, group, clip)) of a generation, paths relative to `UCF-101/`."
+    jobs, videos = [], []
+    for ci, (cls, kind, rev) in enumerate(synth_classes(params["n_classes"])):
+        for g in range(1, params["n_groups"] + 1):
+            for c in range(1, params["clips_per_group"] + 1):
+                rel = f"{cls}/v_{cls}_g{g:02d}_c{c:02d}.avi"
+                jobs.append((params["seed"], ci, cls, kind, rev, g, c, params["n_frames"], tuple(params["size"]), rel))
+                videos.append((cls, g, c))
+    return jobs, videos
+
+
+def _contents(dest: Path) -> list[str]:
+    "What `dest` holds, besides the generator's lock file."
+    return sorted(p.name for p in dest.iterdir() if p.name != SYNTH_LOCK) if dest.is_dir() else []
+
+
+def _foreign(dest: Path) -> NotOurDatasetError:
+    held = _contents(dest)
+    return NotOurDatasetError(
+        f"{dest} holds files that the synthetic dataset generator did not write ({', '.join(held[:4])}"
+        f"{', ...' if len(held) > 4 else ''}; no {SYNTH_MARKER}): it may be a real dataset, so nothing in it was "
+        "changed or deleted. Generate into a new or empty folder instead (or move those files away)"
+    )
+
+
+def _remove_generated(dest: Path, params: dict) -> None:
+    "Delete the files a generation with `params` writes (videos, their temporary files, split lists), and folders left empty."
+    _, videos = _planned(params)
+    vids, lists = dest / "UCF-101", dest / "ucfTrainTestlist"
+    for cls, g, c in videos:
+        f = vids / cls / f"v_{cls}_g{g:02d}_c{c:02d}.avi"
+        f.unlink(missing_ok=True)
+        f.with_name(f.name + ".part").unlink(missing_ok=True)
+    for name in _split_files([c for c, _, _ in synth_classes(params["n_classes"])], videos, params["n_groups"]):
+        (lists / name).unlink(missing_ok=True)
+    for d in [*(vids / cls for cls, _, _ in synth_classes(params["n_classes"])), vids, lists]:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
 
 
 def _write_one(args) -> str:
@@ -240,6 +408,35 @@ def _write_one(args) -> str:
     rng = np.random.default_rng([seed, ci, g, c])
     write_video(path, render_clip(kind, rev, look, n_frames, size, rng))
     return path
+
+
+def _generate(dest: Path, params: dict, workers: int | None, progress: bool) -> None:
+    "Write the dataset of `params` into `dest` (absent, empty, or cleared of an earlier generation), marker first and last."
+    marker = dict(generator="esn-video data synth", params=params, complete=False)
+    write_json(dest / SYNTH_MARKER, marker)
+    jobs, videos = _planned(params)
+    videos_dir = dest / "UCF-101"
+    for cls, _, _ in synth_classes(params["n_classes"]):
+        (videos_dir / cls).mkdir(parents=True, exist_ok=True)
+    jobs = [(*j[:-1], str(videos_dir / j[-1])) for j in jobs]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    with tqdm(total=len(jobs), desc="synth videos", unit="video", disable=not progress) as bar:
+        if workers <= 1:
+            for j in jobs:
+                _write_one(j)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
+                futs = [ex.submit(_write_one, j) for j in jobs]
+                try:
+                    for f in as_completed(futs):
+                        f.result()
+                        bar.update()
+                except BaseException:
+                    ex.shutdown(cancel_futures=True)
+                    raise
+    write_split_files(dest, [c for c, _, _ in synth_classes(params["n_classes"])], videos, params["n_groups"])
+    write_json(dest / SYNTH_MARKER, {**marker, "complete": True, "videos": len(jobs)})
 
 
 def make_synth_dataset(
@@ -255,43 +452,96 @@ def make_synth_dataset(
     overwrite: bool = False,
 ) -> Path:
     "Write the procedural dataset in UCF101's layout under `dest` (`UCF-101/`, `ucfTrainTestlist/`); returns `dest`."
-    dest = Path(dest)
-    w, h = size
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise ValueError(f"size must be even and at least 16x16 (W, H), got {size}")
-    if n_frames < 8:
-        raise ValueError(f"n_frames must be at least 8, got {n_frames}")
-    if clips_per_group < 1:
-        raise ValueError(f"clips_per_group must be at least 1, got {clips_per_group}")
-    classes = synth_classes(n_classes)
-    split_test_groups(n_groups, 1)  # validates n_groups
-    videos_dir = dest / "UCF-101"
-    if videos_dir.exists() and any(videos_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{videos_dir} already holds videos; choose another folder or pass overwrite=True")
-        shutil.rmtree(videos_dir)
-    jobs, videos = [], []
-    for ci, (cls, kind, rev) in enumerate(classes):
-        (videos_dir / cls).mkdir(parents=True, exist_ok=True)
-        for g in range(1, n_groups + 1):
-            for c in range(1, clips_per_group + 1):
-                path = str(videos_dir / cls / f"v_{cls}_g{g:02d}_c{c:02d}.avi")
-                jobs.append((seed, ci, cls, kind, rev, g, c, n_frames, (w, h), path))
-                videos.append((cls, g, c))
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    bar = tqdm(total=len(jobs), desc="synth videos", unit="video", disable=not progress)
-    if workers <= 1:
-        for j in jobs:
-            _write_one(j)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers) as ex:
-            futs = [ex.submit(_write_one, j) for j in jobs]
-            for f in as_completed(futs):
-                f.result()
-                bar.update()
-    bar.close()
-    write_split_files(dest, [c for c, _, _ in classes], videos, n_groups)
+    params = synth_params(n_classes, n_groups, clips_per_group, n_frames, size, seed)
+    dest = Path(dest).expanduser()
+    if _contents(dest) and read_synth_marker(dest) is None:
+        raise _foreign(dest)
+    writable_dir(dest, "dataset folder")
+    with waiting_lock(dest / SYNTH_LOCK, f"dataset folder {dest}"):
+        marker = read_synth_marker(dest)
+        if marker is None and _contents(dest):  # written meanwhile by something else
+            raise _foreign(dest)
+        if marker is not None:
+            if marker.get("complete") and not overwrite:
+                raise SynthExistsError(dest, marker["params"])
+            _remove_generated(dest, marker["params"])
+        _generate(dest, params, workers, progress)
+    return dest
+
+# %% ../../nbs/11_data.synth.ipynb #9a81f799
+def _diff_params(have: dict, want: dict) -> str:
+    return ", ".join(f"{k}: made {have.get(k)!r}, asked {want.get(k)!r}" for k in want if have.get(k) != want.get(k))
+
+
+def _is_unmarked_generation(dest: Path, params: dict) -> bool:
+    "Whether `dest`, without a marker, holds exactly the files that generating `params` writes, the first video byte for byte."
+    jobs, videos = _planned(params)
+    classes = [c for c, _, _ in synth_classes(params["n_classes"])]
+    vids, lists = dest / "UCF-101", dest / "ucfTrainTestlist"
+    if _contents(dest) != ["UCF-101", "ucfTrainTestlist"] or not vids.is_dir() or not lists.is_dir():
+        return False
+    want = _split_files(classes, videos, params["n_groups"])
+    if sorted(p.name for p in lists.iterdir()) != sorted(want):
+        return False
+    if any((lists / n).read_bytes() != b for n, b in want.items()):
+        return False
+    names = {j[-1] for j in jobs}
+    if sorted(p.name for p in vids.iterdir()) != sorted(classes):
+        return False
+    if {f"{c}/{p.name}" for c in classes for p in (vids / c).iterdir()} != names:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        first = jobs[0]
+        again = Path(_write_one((*first[:-1], str(Path(d) / "v.avi"))))
+        return again.read_bytes() == (vids / first[-1]).read_bytes()
+
+
+def ensure_synth_dataset(
+    dest: str | Path,
+    progress: bool = True,
+    workers: int | None = None,
+    log: Callable[[str], None] = print,
+    **params,
+) -> Path:
+    "Make `dest` hold the generated dataset of `params` (`make_synth_dataset`'s): at once if it does, else generate it; refuse a folder the generator did not write."
+    try:
+        params = synth_params(**params)
+    except TypeError as e:
+        allowed = ", ".join(synth_params.__code__.co_varnames[: synth_params.__code__.co_argcount])
+        raise ValueError(f"unknown synth dataset parameter ({e}); allowed: {allowed}, workers") from None
+    dest = Path(dest).expanduser()
+
+    def check(marker: dict | None) -> bool:
+        "True: done; False: to generate; raises for a folder not to be touched."
+        if marker is None:
+            if not _contents(dest):
+                return False
+            if _is_unmarked_generation(dest, params):
+                write_json(dest / SYNTH_MARKER, dict(generator="esn-video data synth", params=params, complete=True,
+                                                     videos=len(_planned(params)[0]), adopted=True))  # fmt: skip
+                log(f"{dest}: a generated dataset written before the generator marked its folders; marked now")
+                return True
+            raise _foreign(dest)
+        if not marker.get("complete"):
+            return False
+        if marker["params"] != params:
+            raise SynthParamsError(
+                f"{dest} holds a generated dataset made with other parameters ({_diff_params(marker['params'], params)}): "
+                f"use another dataset.root, or delete the folder {dest} to generate it anew"
+            )
+        return True
+
+    if check(read_synth_marker(dest)):
+        return dest
+    writable_dir(dest, "dataset folder")
+    with waiting_lock(dest / SYNTH_LOCK, f"dataset folder {dest}", log):
+        marker = read_synth_marker(dest)  # another process may have generated it meanwhile
+        if check(marker):
+            return dest
+        if marker is not None:
+            _remove_generated(dest, marker["params"])
+        log(f"generating the dataset {dest} ({params})")
+        _generate(dest, params, workers, progress)
     return dest
 
 # %% ../../nbs/11_data.synth.ipynb #1671c31a24314836a5b85d7ef7fbf015
@@ -324,7 +574,8 @@ def synth_cli(argv: list[str], prog: str = "esn-video data synth") -> int:
     p.add_argument("--size", help="frame size WxH, e.g. 320x240")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
-    p.add_argument("--overwrite", action="store_true", help="replace videos already in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset generated in DIR before")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     kw = dict(SYNTH_PRESETS[a.preset])
     for k, v in (
@@ -343,10 +594,30 @@ def synth_cli(argv: list[str], prog: str = "esn-video data synth") -> int:
         kw["size"] = (w, h)
     t0 = time.perf_counter()
     try:
-        root = make_synth_dataset(a.dir, seed=a.seed, workers=a.workers, overwrite=a.overwrite, **kw)
-    except (ValueError, FileExistsError) as e:
+        root = make_synth_dataset(
+            a.dir, seed=a.seed, workers=a.workers, overwrite=a.overwrite, progress=not a.no_progress, **kw
+        )
+    except SynthExistsError as e:
+        print(
+            f"{prog}: error: {e.dest} already holds a generated dataset ({e.params}); pass --overwrite to replace it, "
+            "or choose another DIR",
+            file=sys.stderr,
+        )
+        return 2
+    except NotOurDatasetError as e:
+        print(f"{prog}: error: {e}; --overwrite never replaces such a folder", file=sys.stderr)
+        return 2
+    except UnwritableDirError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up
+        full = e.errno in (None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        hint = "; free some space, or choose another DIR" if full else ""
+        print(f"{prog}: error: cannot write {e.filename or a.dir}: {e.strerror or e}{hint}", file=sys.stderr)
+        return 1
     n = kw["n_classes"] * kw["n_groups"] * kw["clips_per_group"]
     dt = time.perf_counter() - t0
     print(f"wrote {n} videos ({kw['n_classes']} classes) to {root} in {dt:.1f}s")

@@ -29,13 +29,14 @@ __all__ = ['UCF101_SPLIT_SIZES', 'UCF101_N_CLASSES', 'UCF101_N_VIDEOS', 'UCF101_
 # %% ../../nbs/10_data.ucf101.ipynb #8edb47106e1a46a883d545849b8ab81b
 @dataclass(frozen=True)
 class VideoRecord:
-    "One video of the index: its file, 0-based label, class name, group and clip numbers."
+    "One video of the index: its file, 0-based label, class name, group and clip numbers (and the split list naming it)."
 
     path: Path
     label: int
     cls: str
     group: int
     clip: int
+    listed_in: str = field(default="", compare=False, repr=False)  # e.g. 'trainlist01.txt'; not part of its identity
 
     @property
     def rel(self) -> str:
@@ -114,6 +115,7 @@ class UCF101Index:
     valid: list[VideoRecord]
     test: list[VideoRecord]
     valid_groups: list[int] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)  # `Class/v_..avi` -> why: listed in a split file, not on disk
 
     @property
     def videos_dir(self) -> Path:
@@ -122,7 +124,9 @@ class UCF101Index:
     def __repr__(self) -> str:
         return (
             f"UCF101Index({self.root}, split={self.split}: {len(self.classes)} classes, train {len(self.train)}, "
-            f"valid {len(self.valid)} (groups {self.valid_groups}), test {len(self.test)})"
+            f"valid {len(self.valid)} (groups {self.valid_groups}), test {len(self.test)}"
+            + (f", {len(self.missing)} listed but missing" if self.missing else "")
+            + ")"
         )
 
 
@@ -154,6 +158,7 @@ def ucf101_index(
     label_of = {c: i for i, c in enumerate(classes)}
     label_of_ci = {c.lower(): i for i, c in enumerate(classes)}
     on_disk: dict[str, set[str]] = {}
+    missing: dict[str, str] = {}
 
     def record(rel: str, label: int | None, list_file: Path) -> VideoRecord:
         folder, name = rel.split("/")[-2:]
@@ -172,8 +177,8 @@ def ucf101_index(
                 d = vids / folder
                 on_disk[folder] = set(os.listdir(d)) if d.is_dir() else set()
             if name not in on_disk[folder]:
-                raise FileNotFoundError(f"{list_file} names {rel}, but {path} does not exist")
-        return VideoRecord(path, li, cls, group, clip)
+                missing[f"{folder}/{name}"] = f"listed in {list_file.name} but missing"
+        return VideoRecord(path, li, cls, group, clip, listed_in=list_file.name)
 
     train_file, test_file = lists / f"trainlist0{split}.txt", lists / f"testlist0{split}.txt"
     train = [record(p, lab, train_file) for p, lab in read_split_list(train_file, len(classes))]
@@ -195,6 +200,7 @@ def ucf101_index(
         valid=[r for r in train if r.group in vg],
         test=test,
         valid_groups=valid_groups,
+        missing=missing,
     )
 
 # %% ../../nbs/10_data.ucf101.ipynb #8309879909854d7188b41380fd92a7c3
@@ -222,6 +228,9 @@ def validate_ucf101(root: str | Path) -> list[str]:
             problems.append(
                 f"split {s} has {len(idx.train)} train / {len(idx.test)} test videos, UCF101 has {n_train} / {n_test}"
             )
+        if idx.missing:
+            first = next(iter(idx.missing))
+            problems.append(f"split {s}: {len(idx.missing)} listed videos are missing from {vids} (e.g. {first})")
     return problems
 
 # %% ../../nbs/10_data.ucf101.ipynb #277c27b1587741f2af2001be3712ef0d

@@ -1,4 +1,4 @@
-"""The trained temporal models the ESN is compared with (RNN, LSTM, GRU, a no-temporal-model control, a TCN, a small Transformer) and the `build_model` factory.
+"""The trained temporal models the ESN is compared with: RNN, LSTM, GRU, a no-temporal-model control, a TCN and a small Transformer.
 
 Docs: https://esn-video.github.io/esn-video/models.baselines.html.md"""
 
@@ -7,56 +7,15 @@ Docs: https://esn-video.github.io/esn-video/models.baselines.html.md"""
 # %% ../../nbs/21_models.baselines.ipynb #8dd0d8092fe74a7c96281538738b07e2
 from __future__ import annotations
 
-import inspect
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .esn import EchoStateNetwork, _check_lengths
+from .checks import check_choice, check_flag, check_int, check_real
+from .pooling import POOLINGS, check_lengths, pool_time, pooled_size
 
 # %% auto #0
-__all__ = ['POOLINGS', 'MODELS', 'check_pooling', 'pooled_size', 'pool_time', 'RecurrentClassifier', 'MeanPoolClassifier',
-           'TCNClassifier', 'sinusoidal_positions', 'TransformerClassifier', 'model_hyperparameters', 'build_model']
-
-# %% ../../nbs/21_models.baselines.ipynb #10185d26023b46108eb7d9f57d49d2b3
-POOLINGS = ("last", "mean", "mean_last", "max", "segments")
-
-
-def check_pooling(pooling: str) -> str:
-    "`pooling` if it is one of `POOLINGS`, else a ValueError naming the choices."
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
-    return pooling
-
-
-def pooled_size(hidden: int, pooling: str, n_segments: int = 4) -> int:
-    "Width of `pool_time`'s output for states of width `hidden`."
-    return hidden * {"last": 1, "mean": 1, "mean_last": 2, "max": 1, "segments": n_segments}[pooling]
-
-
-def pool_time(h: Tensor, lengths: Tensor, pooling: str = "mean", n_segments: int = 4) -> Tensor:
-    "Pool states `h` (B, T, H) over the valid steps of each sequence (`lengths` (B,)); see `POOLINGS`."
-    check_pooling(pooling)
-    B, T, H = h.shape
-    t = torch.arange(T, device=h.device)
-    valid = t[None] < lengths[:, None]  # (B, T)
-    last = h[torch.arange(B, device=h.device), lengths - 1]
-    if pooling == "last":
-        return last
-    mean = (h * valid[..., None]).sum(1) / lengths[:, None].to(h.dtype)
-    if pooling == "mean":
-        return mean
-    if pooling == "mean_last":
-        return torch.cat([mean, last], 1)
-    if pooling == "max":
-        return h.masked_fill(~valid[..., None], -math.inf).amax(1)
-    k = torch.arange(n_segments, device=h.device)
-    lo = (k[None] * lengths[:, None]) // n_segments  # (B, k)
-    hi = torch.maximum(((k[None] + 1) * lengths[:, None]) // n_segments, lo + 1)
-    m = ((t[None, None] >= lo[..., None]) & (t[None, None] < hi[..., None])).to(h.dtype)  # (B, k, T)
-    return (m @ h / (hi - lo)[..., None].to(h.dtype)).flatten(1)
+__all__ = ['RecurrentClassifier', 'MeanPoolClassifier', 'TCNClassifier', 'sinusoidal_positions', 'TransformerClassifier']
 
 # %% ../../nbs/21_models.baselines.ipynb #938c804e27f84196a10c8828c723f798
 class RecurrentClassifier(nn.Module):
@@ -76,11 +35,16 @@ class RecurrentClassifier(nn.Module):
     ):
         super().__init__()
         cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-        if kind not in cls:
-            raise ValueError(f"kind={kind!r}: choose one of rnn, lstm, gru")
-        check_pooling(pooling)
-        if hidden < 1 or layers < 1 or not 0 <= dropout < 1:
-            raise ValueError(f"invalid hidden={hidden}, layers={layers} or dropout={dropout} (needs 0 <= dropout < 1)")
+        own = "RecurrentClassifier"
+        check_choice(own, "kind", kind, cls)
+        check_int(own, "n_inputs", n_inputs)
+        check_int(own, "n_classes", n_classes, 2)
+        check_int(own, "hidden", hidden)
+        check_int(own, "layers", layers)
+        check_flag(own, "bidirectional", bidirectional)
+        check_real(own, "dropout", dropout, 0, 1, high_open=True)
+        check_choice(own, "pooling", pooling, POOLINGS)
+        check_int(own, "n_segments", n_segments)
         self.kind, self.pooling, self.n_segments, self.bidirectional = kind, pooling, n_segments, bidirectional
         extra = {"nonlinearity": "tanh"} if kind == "rnn" else {}
         self.rnn = cls[kind](n_inputs, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
@@ -91,7 +55,7 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         "Class logits `(B, n_classes)` of feature sequences `x` (B, T, F) with `lengths` (B,)."
-        lengths = _check_lengths(x, lengths)
+        lengths = check_lengths(x, lengths)
         T = x.shape[1]
         packed = pack_padded_sequence(x.float(), lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h_n = self.rnn(packed)
@@ -109,14 +73,16 @@ class MeanPoolClassifier(nn.Module):
 
     def __init__(self, n_inputs: int, n_classes: int, dropout: float = 0.0):
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        own = "MeanPoolClassifier"
+        check_int(own, "n_inputs", n_inputs)
+        check_int(own, "n_classes", n_classes, 2)
+        check_real(own, "dropout", dropout, 0, 1, high_open=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(n_inputs, n_classes)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         "Class logits `(B, n_classes)`; order of the steps is ignored by construction."
-        lengths = _check_lengths(x, lengths)
+        lengths = check_lengths(x, lengths)
         return self.head(self.dropout(pool_time(x.float(), lengths, "mean")))
 
 # %% ../../nbs/21_models.baselines.ipynb #8a65eabff63a45729fe45fb5ade58bdc
@@ -150,11 +116,15 @@ class TCNClassifier(nn.Module):
         n_segments: int = 4,
     ):
         super().__init__()
-        check_pooling(pooling)
-        if hidden < 1 or levels < 1 or kernel_size < 2 or not 0 <= dropout < 1:
-            raise ValueError(
-                f"invalid hidden={hidden}, levels={levels}, kernel_size={kernel_size} (>= 2) or dropout={dropout}"
-            )
+        own = "TCNClassifier"
+        check_int(own, "n_inputs", n_inputs)
+        check_int(own, "n_classes", n_classes, 2)
+        check_int(own, "hidden", hidden)
+        check_int(own, "levels", levels)
+        check_int(own, "kernel_size", kernel_size, 2)
+        check_real(own, "dropout", dropout, 0, 1, high_open=True)
+        check_choice(own, "pooling", pooling, POOLINGS)
+        check_int(own, "n_segments", n_segments)
         self.pooling, self.n_segments = pooling, n_segments
         self.blocks = nn.Sequential(
             *[_CausalBlock(n_inputs if i == 0 else hidden, hidden, kernel_size, 2**i, dropout) for i in range(levels)]
@@ -164,7 +134,7 @@ class TCNClassifier(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         "Class logits `(B, n_classes)` of `x` (B, T, F) with `lengths` (B,)."
-        lengths = _check_lengths(x, lengths)
+        lengths = check_lengths(x, lengths)
         h = self.blocks(x.float().transpose(1, 2)).transpose(1, 2)
         return self.head(pool_time(h, lengths, self.pooling, self.n_segments))
 
@@ -196,9 +166,21 @@ class TransformerClassifier(nn.Module):
         n_segments: int = 4,
     ):
         super().__init__()
-        check_pooling(pooling)
+        own = "TransformerClassifier"
+        check_int(own, "n_inputs", n_inputs)
+        check_int(own, "n_classes", n_classes, 2)
+        check_int(own, "heads", heads)
+        check_int(own, "d_model", d_model, 2)
         if d_model % heads or d_model % 2:
-            raise ValueError(f"d_model={d_model} must be even and divisible by heads={heads}")
+            raise ValueError(
+                f"{own}: d_model={d_model} is not allowed with heads={heads}; it must be even (for the sinusoidal "
+                f"positions) and a multiple of heads"
+            )
+        check_int(own, "layers", layers)
+        check_int(own, "ff", ff)
+        check_real(own, "dropout", dropout, 0, 1, high_open=True)
+        check_choice(own, "pooling", pooling, POOLINGS)
+        check_int(own, "n_segments", n_segments)
         self.pooling, self.n_segments = pooling, n_segments
         self.proj = nn.Linear(n_inputs, d_model)
         layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
@@ -208,42 +190,9 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         "Class logits `(B, n_classes)` of `x` (B, T, F) with `lengths` (B,)."
-        lengths = _check_lengths(x, lengths)
+        lengths = check_lengths(x, lengths)
         B, T, _ = x.shape
         h = self.proj(x.float()) + sinusoidal_positions(T, self.proj.out_features, x.device)
         pad = torch.arange(T, device=x.device)[None] >= lengths[:, None]
         h = self.norm(self.encoder(h, src_key_padding_mask=pad))
         return self.head(pool_time(h, lengths, self.pooling, self.n_segments))
-
-# %% ../../nbs/21_models.baselines.ipynb #1671c31a24314836a5b85d7ef7fbf015
-MODELS = {
-    "esn": EchoStateNetwork,
-    "rnn": RecurrentClassifier,
-    "lstm": RecurrentClassifier,
-    "gru": RecurrentClassifier,
-    "mean": MeanPoolClassifier,
-    "tcn": TCNClassifier,
-    "transformer": TransformerClassifier,
-}
-
-
-def model_hyperparameters(name: str) -> dict:
-    "The hyperparameters model `name` accepts, with their defaults (without `n_inputs`, `n_classes`, and `kind`)."
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    sig = inspect.signature(MODELS[name].__init__)
-    skip = {"self", "n_inputs", "n_classes"} | ({"kind"} if name in ("rnn", "lstm", "gru") else set())
-    return {k: p.default for k, p in sig.parameters.items() if k not in skip}
-
-
-def build_model(name: str, n_inputs: int, n_classes: int, **hparams) -> nn.Module:
-    "Model `name` (esn, rnn, lstm, gru, mean, tcn, transformer) for `n_inputs` features and `n_classes` classes."
-    allowed = model_hyperparameters(name)
-    bad = sorted(set(hparams) - set(allowed))
-    if bad:
-        raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(bad)} for model {name!r}; allowed: {', '.join(allowed)}"
-        )
-    if name in ("rnn", "lstm", "gru"):
-        hparams["kind"] = name
-    return MODELS[name](n_inputs, n_classes, **hparams)

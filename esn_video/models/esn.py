@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,9 +21,11 @@ from fastcore.basics import patch
 from torch import Tensor, nn
 
 from ..core import single_thread
+from .checks import check_choice, check_flag, check_int, check_real
+from .pooling import POOLINGS, check_lengths, pooled_size
 
 # %% auto #0
-__all__ = ['GRAM_DTYPES', 'READOUT_FEATURES', 'MATMUL_DTYPES', 'SPARSE_BELOW', 'cpu_workers', 'one_torch_thread',
+__all__ = ['GRAM_DTYPES', 'READOUT_FEATURES', 'MATMUL_DTYPES', 'ACTIVATIONS', 'SPARSE_BELOW', 'cpu_workers', 'one_torch_thread',
            'spectral_radius', 'reservoir_matrix', 'input_matrix', 'gram_lower_', 'cholesky_solve_lower', 'RidgeReadout',
            'reverse_within_length', 'EchoStateNetwork', 'run_reservoir', 'tanh_', 'sparse_operator', 'StatePooler',
            'model_space_features', 'cpu_chunk_size']
@@ -268,22 +269,9 @@ class RidgeReadout:
         return out
 
 # %% ../../nbs/20_models.esn.ipynb #4f11f7cc
-READOUT_FEATURES = ("last", "mean", "mean_last", "max", "segments", "model_space")
+READOUT_FEATURES = POOLINGS + ("model_space",)  # the shared poolings (`models.pooling`) and the model space
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _check_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
-    if x.ndim != 3:
-        raise ValueError(f"expected input (batch, time, features), got shape {tuple(x.shape)}")
-    B, T, _ = x.shape
-    if lengths is None:
-        return torch.full((B,), T, dtype=torch.long, device=x.device)
-    lengths = torch.as_tensor(lengths, device=x.device).long()
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
-    if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
-        raise ValueError(f"lengths must lie in [1, {T}] (the padded time axis), got {lengths.tolist()}")
-    return lengths
+ACTIVATIONS = ("tanh", "identity")
 
 
 def reverse_within_length(x: Tensor, lengths: Tensor) -> Tensor:
@@ -325,24 +313,32 @@ class EchoStateNetwork(nn.Module):
         gram_dtype: str = "float32",
     ):
         super().__init__()
-        checks = {
-            "n_inputs": n_inputs >= 1, "n_classes": n_classes >= 2, "n_units": n_units >= 1,
-            "spectral_radius": spectral_radius >= 0, "leak": 0 < leak <= 1, "washout": washout >= 0,
-            "n_segments": n_segments >= 1, "n_layers": n_layers >= 1, "ridge": ridge >= 0,
-            "model_space_dim": 1 <= model_space_dim and (readout_features != "model_space" or model_space_dim <= n_units), "model_space_ridge": model_space_ridge > 0,
-            "pca_components": pca_components is None or 1 <= pca_components <= n_inputs,
-        }  # fmt: skip
-        for k, ok in checks.items():
-            if not ok:
-                raise ValueError(f"EchoStateNetwork: invalid {k}={locals()[k]!r}")
-        if readout_features not in READOUT_FEATURES:
-            raise ValueError(f"readout_features={readout_features!r}: choose one of {', '.join(READOUT_FEATURES)}")
-        if activation not in ("tanh", "identity"):
-            raise ValueError(f"activation={activation!r}: choose 'tanh' or 'identity'")
-        if gram_dtype not in GRAM_DTYPES:
-            raise ValueError(f"gram_dtype={gram_dtype!r}: choose one of {', '.join(GRAM_DTYPES)}")
-        if matmul_dtype not in MATMUL_DTYPES:
-            raise ValueError(f"matmul_dtype={matmul_dtype!r}: choose one of {', '.join(MATMUL_DTYPES)}")
+        own = "EchoStateNetwork"  # every argument checked (type and range) before anything is drawn
+        check_int(own, "n_inputs", n_inputs)
+        check_int(own, "n_classes", n_classes, 2)
+        check_int(own, "n_units", n_units)
+        check_real(own, "spectral_radius", spectral_radius, 0)
+        check_real(own, "leak", leak, 0, 1, low_open=True)
+        check_real(own, "input_scaling", input_scaling, 0)
+        check_real(own, "bias_scaling", bias_scaling, 0)
+        check_real(own, "density", density, 0, 1, low_open=True)
+        check_real(own, "input_density", input_density, 0, 1, low_open=True)
+        check_choice(own, "activation", activation, ACTIVATIONS)
+        check_int(own, "washout", washout, 0)
+        check_choice(own, "readout_features", readout_features, READOUT_FEATURES)
+        check_int(own, "n_segments", n_segments)
+        check_flag(own, "bidirectional", bidirectional)
+        check_int(own, "n_layers", n_layers)
+        if pca_components is not None:  # at most the input width
+            check_int(own, "pca_components", pca_components, 1, n_inputs)
+        check_int(own, "model_space_dim", model_space_dim, 1, n_units if readout_features == "model_space" else None)
+        check_real(own, "model_space_ridge", model_space_ridge, 0, low_open=True)
+        check_real(own, "ridge", ridge, 0)
+        check_flag(own, "standardize", standardize)
+        check_choice(own, "matmul_dtype", matmul_dtype, MATMUL_DTYPES)
+        check_flag(own, "sparse", sparse, none_ok=True)
+        check_int(own, "seed", seed, None)
+        check_choice(own, "gram_dtype", gram_dtype, GRAM_DTYPES)
         self.n_inputs, self.n_classes, self.n_units = n_inputs, n_classes, n_units
         self.spectral_radius, self.leak, self.washout = spectral_radius, leak, washout
         self.activation, self.readout_features, self.n_segments = activation, readout_features, n_segments
@@ -378,10 +374,9 @@ class EchoStateNetwork(nn.Module):
     @property
     def n_features(self) -> int:
         "Size of the pooled feature vector the readout sees."
-        per = {"last": 1, "mean": 1, "mean_last": 2, "max": 1, "segments": self.n_segments}
         if self.readout_features == "model_space":
             return self.n_blocks * self.model_space_dim * (self.model_space_dim + 1)
-        return self.n_blocks * self.n_units * per[self.readout_features]
+        return self.n_blocks * pooled_size(self.n_units, self.readout_features, self.n_segments)
 
     @property
     def needs_preprocessing(self) -> bool:
@@ -390,16 +385,10 @@ class EchoStateNetwork(nn.Module):
             self.readout_features == "model_space" and not bool(self.ms_fitted)
         )
 
-    def param_counts(self) -> dict[str, int]:
-        "Parameters split into `trainable` (the readout) and `fixed` (reservoir, input and PCA weights)."
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        fixed = sum(b.numel() for b in self.buffers() if b.is_floating_point())
-        return {"trainable": int(trainable), "fixed": int(fixed), "total": int(trainable + fixed)}
-
     def __getstate__(self) -> dict:
-        "Pickling (torch.save, deepcopy) leaves out the remembered ridge statistics and the CSR operators."
+        "Pickling (torch.save, deepcopy) leaves out the CSR operators (rebuilt from the weights when needed)."
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k not in ("_ridge_cache", "_sparse_ops")}
+        return {k: v for k, v in state.items() if k != "_sparse_ops"}
 
     def extra_repr(self) -> str:
         return (
@@ -705,7 +694,7 @@ def cpu_chunk_size(n_units: int, sparse: bool) -> int:
 def states(self: EchoStateNetwork, x: Tensor, lengths: Tensor | None = None) -> Tensor:
     """Pooled reservoir features `(B, n_features)` of a batch `x` (B, T, F) with `lengths` (B,). On CPU without
     autograd the batch runs in cache-sized chunks, spread over torch's threads (one chunk per thread at a time)."""
-    lengths = _check_lengths(x, lengths)
+    lengths = check_lengths(x, lengths)
     x = x.float()
     if self.readout_features == "model_space" and not bool(self.ms_fitted):
         raise RuntimeError(
@@ -734,7 +723,7 @@ def states(self: EchoStateNetwork, x: Tensor, lengths: Tensor | None = None) -> 
 @patch
 def reservoir_states(self: EchoStateNetwork, x: Tensor, lengths: Tensor | None = None) -> Tensor:
     "All reservoir states `(B, T, n_blocks * n_units)` (layers, then directions; reversed passes in reversed time)."
-    lengths = _check_lengths(x, lengths)
+    lengths = check_lengths(x, lengths)
     return torch.cat(_esn_block_states(self, x.float(), lengths, None, keep=True), 2)
 
 
@@ -774,7 +763,7 @@ def fit_preprocessing(self: EchoStateNetwork, batches: Iterable) -> EchoStateNet
         for b in batches:
             x, ln, _ = _unpack(b)
             x = x.to(dev).float()
-            ln = _check_lengths(x, ln)
+            ln = check_lengths(x, ln)
             v = x[torch.arange(x.shape[1], device=dev)[None] < ln[:, None]].double()
             s += v.sum(0)
             ss.addmm_(v.T, v)
@@ -793,7 +782,7 @@ def fit_preprocessing(self: EchoStateNetwork, batches: Iterable) -> EchoStateNet
         for b in batches:
             x, ln, _ = _unpack(b)
             x = x.to(dev).float()
-            ln = _check_lengths(x, ln)
+            ln = check_lengths(x, ln)
             start = torch.clamp(torch.minimum(torch.full_like(ln, self.washout), ln - 1), min=0)
 
             def acc(k, xt, t, ln=ln, start=start):
@@ -815,14 +804,6 @@ def fit_preprocessing(self: EchoStateNetwork, batches: Iterable) -> EchoStateNet
     return self
 
 
-def _state_fingerprint(self: EchoStateNetwork) -> tuple:
-    "What the pooled features depend on: every buffer (identity and in-place version) and the pooling settings."
-    bufs = tuple((n, b.data_ptr(), b._version) for n, b in self.named_buffers())
-    cfg = (self.leak, self.activation, self.washout, self.readout_features, self.n_segments, self.matmul_dtype,
-           self.model_space_ridge, self.standardize, self.gram_dtype, self.n_features)  # fmt: skip
-    return bufs + cfg
-
-
 @patch
 @torch.no_grad()
 def fit_readout(
@@ -831,32 +812,21 @@ def fit_readout(
     ridge: float | Sequence[float] | None = None,
     valid: Iterable | None = None,
     refit_preprocessing: bool = False,
-    reuse: bool = True,
 ) -> dict:
     """Closed-form ridge readout from training `batches` of (x, lengths, y); with several `ridge` values, choose by
-    accuracy on `valid` batches or else by GCV. With `reuse`, statistics of the same `batches` object (and unchanged
-    reservoir) from the previous call are reused. Returns {'ridge', 'criterion', 'scores', 'n_samples', 'reused'}."""
+    accuracy on `valid` batches or else by GCV (one pass over `batches`, one decomposition for every value).
+    Returns {'ridge', 'criterion', 'scores', 'n_samples'}."""
     ridges = [self.ridge] if ridge is None else ([float(ridge)] if np.isscalar(ridge) else [float(r) for r in ridge])
     if not ridges or min(ridges) < 0:
         raise ValueError(f"ridge values must be >= 0 and at least one is needed, got {ridge!r}")
     if refit_preprocessing or self.needs_preprocessing:
         self.fit_preprocessing(batches)
     dev = self.readout.weight.device
-    key = _state_fingerprint(self)
-    cached = getattr(self, "_ridge_cache", None)
-    reused = bool(reuse and cached is not None and cached[0]() is batches and cached[1] == key)
-    if reused:
-        acc = cached[2]
-    else:
-        acc = RidgeReadout(self.n_features, self.n_classes, self.standardize, self.gram_dtype)
-        for b in batches:
-            x, ln, y = _unpack(b)
-            x = x.to(dev)
-            acc.update(self.states(x, None if ln is None else ln.to(dev)), y.to(dev).long())
-        try:  # remembered weakly: a loader that is gone cannot be matched by a new object at the same address
-            self._ridge_cache = (weakref.ref(batches), key, acc)
-        except TypeError:  # lists and tuples take no weak references: nothing is remembered
-            self._ridge_cache = None
+    acc = RidgeReadout(self.n_features, self.n_classes, self.standardize, self.gram_dtype)
+    for b in batches:
+        x, ln, y = _unpack(b)
+        x = x.to(dev)
+        acc.update(self.states(x, None if ln is None else ln.to(dev)), y.to(dev).long())
     if acc.n == 0:
         raise ValueError("fit_readout got no training batches (is the training set empty?)")
     scores, criterion = [], "only"
@@ -886,4 +856,4 @@ def fit_readout(
     w, b_ = acc.solve(best)
     self.readout.weight.copy_(w.T.to(self.readout.weight))
     self.readout.bias.copy_(b_.to(self.readout.bias))
-    return {"ridge": best, "criterion": criterion, "scores": scores, "n_samples": acc.n, "reused": reused}
+    return {"ridge": best, "criterion": criterion, "scores": scores, "n_samples": acc.n}
