@@ -198,7 +198,8 @@ def test_loaders_end_to_end(tree, cache):
     n = sum(len(b[1]) for b in dls.valid)
     assert n == len(dls.valid.dataset)
     tb = next(iter(test_dl))
-    assert tb[0].shape == (5, 3, 8, 3, 20, 28)
+    assert tb[0].shape == (5, 8, 3, 20, 28)  # one item per (clip, video)
+    assert len(test_dl.dataset) == 3 * len(test_dl.dataset.records)
     a, b = next(iter(test_dl)), next(iter(test_dl))
     assert torch.equal(a[0], b[0])  # evaluation is deterministic
 

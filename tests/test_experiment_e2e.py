@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,36 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-EXE = str(Path(sys.executable).parent / "esn-video")
-TINY = str(ROOT / "configs" / "tiny.yaml")
+from cli_helpers import EXE, ROOT, TINY, cli_env, run_cli, tiny_paths
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Path:
     "Data and caches shared by the tests of this module (each test has its own models folder)."
     return tmp_path_factory.mktemp("e2e")
-
-
-def _paths(shared: Path, models: Path) -> list[str]:
-    return [
-        "--set", f"dataset.root={shared}/data/synth-tiny",
-        "--set", f"cache.root={shared}/cache/frames",
-        "--set", f"features.cache_dir={shared}/cache/features",
-        "--set", f"models_dir={models}",
-    ]  # fmt: skip
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["MLFLOW_TRACKING_URI"] = ""
-    return env
-
-
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=300, **kw)
 
 
 # A GRU with enough epochs that a kill lands part-way; checkpoints are written after every epoch.
@@ -54,24 +30,24 @@ GRU = ["--model", "gru", "--set", "training.epochs=60", "--set", "models.gru.hp.
 def test_bad_config_keys_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(Path(TINY).read_text().replace("training:", "trainig:"))
-    r = _run(["train", str(bad)])
+    r = run_cli(["train", str(bad)])
     assert r.returncode == 2, r.stderr
     assert "unknown key 'trainig'" in r.stderr and "training" in r.stderr and str(bad) in r.stderr
-    r = _run(["train", TINY, "--model", "gru", "--set", "training.schedule=cosine"])
+    r = run_cli(["train", TINY, "--model", "gru", "--set", "training.schedule=cosine"])
     assert r.returncode == 2 and "one_cycle, plateau" in r.stderr, r.stderr
-    r = _run(["compare", TINY, "--set", "models.gru.hp.hidden_szie=8"])
+    r = run_cli(["compare", TINY, "--set", "models.gru.hp.hidden_szie=8"])
     assert r.returncode == 2 and "hidden_szie" in r.stderr, r.stderr
 
 
 def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    r = _run(["train", TINY, *GRU, *_paths(shared, whole), "--quiet"])
+    r = run_cli(["train", TINY, *GRU, *tiny_paths(shared, whole), "--quiet"])
     assert r.returncode == 0, r.stderr[-3000:]
     run_a = whole / "tiny" / "gru-split1-seed0"
     a = json.loads((run_a / "metrics.json").read_text())
 
     run_b = killed / "tiny" / "gru-split1-seed0"
-    p = subprocess.Popen([EXE, "train", TINY, *GRU, *_paths(shared, killed), "--quiet"], cwd=ROOT, env=_env(),
+    p = subprocess.Popen([EXE, "train", TINY, *GRU, *tiny_paths(shared, killed), "--quiet"], cwd=ROOT, env=cli_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
@@ -90,9 +66,9 @@ def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
     assert json.loads((run_b / "status.json").read_text())["state"] == "running"  # killed, not finished
     assert not (run_b / "metrics.json").exists()
 
-    r = _run(["train", TINY, *GRU, *_paths(shared, killed)])
+    r = run_cli(["train", TINY, *GRU, *tiny_paths(shared, killed)])
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr  # not silently restarted
-    r = _run(["train", TINY, *GRU, *_paths(shared, killed), "--resume", "--quiet"])
+    r = run_cli(["train", TINY, *GRU, *tiny_paths(shared, killed), "--resume", "--quiet"])
     assert r.returncode == 0, r.stderr[-3000:]
     b = json.loads((run_b / "metrics.json").read_text())
     # history.csv gets epoch k's row just before checkpoint k is written: 3 rows seen means >= 2 checkpointed epochs
@@ -105,21 +81,21 @@ def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
     for f in ("best.pth", "last.pth", "config.yaml", "environment.json", "history.csv", "curves.png", "confusion.png"):
         assert (run_b / f).is_file(), f
 
-    r = _run(["train", TINY, *GRU, *_paths(shared, killed)])
+    r = run_cli(["train", TINY, *GRU, *tiny_paths(shared, killed)])
     assert r.returncode == 2 and "--overwrite" in r.stderr and "finished" in r.stderr, r.stderr
-    r = _run(["evaluate", str(run_b), "--quiet"])
+    r = run_cli(["evaluate", str(run_b), "--quiet"])
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads((run_b / "evaluation.json").read_text())
     assert ev["accuracy"] == b["accuracy"]
     if not torch.cuda.is_available():  # an unusable device: a clear usage error, and the evaluation kept
-        r = _run(["evaluate", str(run_b), "--device", "cuda"])
+        r = run_cli(["evaluate", str(run_b), "--device", "cuda"])
         assert r.returncode == 2 and "error:" in r.stderr and "CUDA is not available" in r.stderr, r.stderr
         assert json.loads((run_b / "evaluation.json").read_text()) == ev
 
 
 def test_run_executes_the_training_notebook(shared, tmp_path):
     out = tmp_path / "papermill_runs"
-    r = _run(["run", TINY, *_paths(shared, tmp_path / "models"), "--output-dir", str(out)])
+    r = run_cli(["run", TINY, *tiny_paths(shared, tmp_path / "models"), "--output-dir", str(out)])
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     nbs = list(out.glob("*_tiny.ipynb"))
     assert len(nbs) == 1, nbs
@@ -137,7 +113,7 @@ def test_compare_cross_validates_over_official_splits_and_seeds(shared, tmp_path
     "`esn-video compare` over UCF101's three official splits and two seeds: one run each, mean and spread reported."
     models = tmp_path / "models"
     over = ["--set", "evaluation.splits=[1, 2, 3]", "--set", "evaluation.seeds=[0, 1]"]
-    r = _run(["compare", TINY, "--models", "esn,mean", *over, *_paths(shared, models), "--quiet"])
+    r = run_cli(["compare", TINY, "--models", "esn,mean", *over, *tiny_paths(shared, models), "--quiet"])
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {p.parent.name: json.loads(p.read_text()) for p in (models / "tiny").glob("*/metrics.json")}
     assert set(runs) == {f"{m}-split{k}-seed{s}" for m in ("esn", "mean") for k in (1, 2, 3) for s in (0, 1)}
