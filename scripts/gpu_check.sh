@@ -16,7 +16,8 @@
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       av==18.1.0 beartype==0.23.1 fastai==2.8.12 fastcore==2.2.41 fastdownload==0.0.8 fastprogress==1.0.3 \
-#       fasttransform==0.0.5 plum-dispatch==2.9.0 reservoirpy==0.4.2
+#       fasttransform==0.0.5 plum-dispatch==2.9.0 reservoirpy==0.4.2 filelock==4.3.1 scikit-learn==1.9.1 \
+#       joblib==1.6.0 threadpoolctl==3.8.0
 #   (fastprogress 1.0.3: later versions pull in python-fasthtml; fastai works with it.)
 # Environment knobs (for a dry run on a machine without a GPU):
 #   GPU_CHECK_DEVICE=cpu      device of the training runs and of the first benchmark (default cuda)
