@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
+from esn_video.config import load_config
 from esn_video.models.registry import MODELS, build_model, check_hyperparameters
 
 CLI = str(Path(sys.executable).parent / "esn-video")
@@ -72,13 +72,12 @@ def _space_corners(space: dict) -> list[dict]:
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_pass_check_hyperparameters(config):
-    cfg = yaml.safe_load((CONFIGS / config).read_text())
-    for m in cfg["models"]:
-        hp = m.get("hp") or {}
-        check_hyperparameters(m["kind"], hp)
-        for corner in _space_corners((m.get("search") or {}).get("space") or {}):
+    cfg = load_config(CONFIGS / config, check_hardware=False)  # resolves `extends`
+    for m in cfg.models:
+        check_hyperparameters(m.kind, m.hp)
+        for corner in _space_corners(m.search.space):
             model_knobs = {k: v for k, v in corner.items() if not k.startswith("training.")}  # config checks those
-            check_hyperparameters(m["kind"], {**hp, **model_knobs})
+            check_hyperparameters(m.kind, {**m.hp, **model_knobs})
 
 
 def test_baselines_import_without_the_esn():

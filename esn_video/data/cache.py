@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns about IProgress in kernels without ipywidgets, even when disabled
 
 from ..core import atomic_write, die_with_parent, waiting_lock, writable_dir
 from .decode import VideoDecodeError, decode_video, probe_video, resampled_count

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns about IProgress in kernels without ipywidgets, even when disabled
 
 from ..core import die_with_parent, read_json, waiting_lock, writable_dir, write_json
 

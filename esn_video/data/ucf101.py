@@ -240,7 +240,7 @@ UCF101_URLS = {
 
 def download(url: str, dest: str | Path, chunk: int = 1 << 20, progress: bool = True, timeout: float = 60) -> Path:
     "Download `url` to `dest`, resuming `dest.part` with an HTTP range request; checks the announced size."
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain: tqdm.auto warns about IProgress in kernels without ipywidgets, even when disabled
 
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
