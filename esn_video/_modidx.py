@@ -1075,5 +1075,6 @@ d = { 'settings': { 'branch': 'main',
                                                                                       'esn_video/tracking.py'),
                                     'esn_video.tracking.flatten_params': ('tracking.html#flatten_params', 'esn_video/tracking.py'),
                                     'esn_video.tracking.log_to_run': ('tracking.html#log_to_run', 'esn_video/tracking.py'),
+                                    'esn_video.tracking.mlflow_client': ('tracking.html#mlflow_client', 'esn_video/tracking.py'),
                                     'esn_video.tracking.resolve_tracking_uri': ( 'tracking.html#resolve_tracking_uri',
                                                                                  'esn_video/tracking.py')}}}

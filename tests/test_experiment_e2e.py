@@ -95,7 +95,8 @@ def test_killed_run_resumes_to_the_same_metrics(shared, tmp_path):
 
 def test_run_executes_the_training_notebook(shared, tmp_path):
     out = tmp_path / "papermill_runs"
-    r = run_cli(["run", TINY, *tiny_paths(shared, tmp_path / "models"), "--output-dir", str(out)])
+    paths = tiny_paths(shared, tmp_path / "models")
+    r = run_cli(["run", TINY, *paths, "--set", "mlflow.enabled=true", "--output-dir", str(out)])  # MLflow as shipped
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     nbs = list(out.glob("*_tiny.ipynb"))
     assert len(nbs) == 1, nbs
@@ -104,6 +105,10 @@ def test_run_executes_the_training_notebook(shared, tmp_path):
     assert "accuracy %" in text and "image/png" in text  # the table and the plots are in the record
     params = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert params and "scratch = False" in "".join(params[0]["source"])
+    assert 'config = "configs/tiny.yaml"' in "".join(params[0]["source"])  # the project's path, not this checkout's
+    # a record a reader can trust: no warnings, progress bars or MLflow log lines (the search imports Optuna, too)
+    stderr = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not stderr, [o["text"] for o in stderr]
     assert "accuracy %" in r.stdout and "esn" in r.stdout  # the table is printed
     summary = json.loads((tmp_path / "models" / "tiny" / "report" / "summary.json").read_text())
     assert set(summary) == {"esn", "gru", "mean"}
