@@ -84,6 +84,7 @@ def test_visualisation_notebook(experiment, tmp_path):
     assert abs(float(m.group(1)) - esn["hp"]["spectral_radius"]) < 1e-4
     assert abs(float(m.group(2)) - esn["hp"]["spectral_radius"]) < 1e-4
     assert "5-NN accuracy" in text and f"{100 * esn['accuracy']:.1f}% per video" in text
+    assert "The run's ensemble (the mean of its reservoirs' linear readouts) scored" in text  # not one reservoir's
 
 
 def test_efficiency_notebook(experiment, tmp_path):
