@@ -157,6 +157,7 @@ def test_analyze_command(experiment, tmp_path):
     shown = "".join("".join(c["source"]) for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []) or
                     "injected-parameters" in c["metadata"].get("tags", []))  # fmt: skip
     assert str(experiment) in shown, shown  # the experiment it was asked for (outside the project: as given)
+    assert nb["metadata"]["papermill"]["input_path"] == "analysis/01_model_comparison.ipynb"  # not its whole text
     assert "2 executed analysis notebook(s)" in r.stdout, r.stdout
     empty = tmp_path / "empty"
     empty.mkdir()

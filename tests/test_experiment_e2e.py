@@ -106,6 +106,8 @@ def test_run_executes_the_training_notebook(shared, tmp_path):
     params = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     assert params and "scratch = False" in "".join(params[0]["source"])
     assert 'config = "configs/tiny.yaml"' in "".join(params[0]["source"])  # the project's path, not this checkout's
+    pm = nb["metadata"]["papermill"]  # papermill's own note of what ran: project paths, not the notebook's whole text
+    assert pm["input_path"] == "nbs/90_train.ipynb" and pm["output_path"] == str(nbs[0]), pm["input_path"]
     # a record a reader can trust: no warnings, progress bars or MLflow log lines (the search imports Optuna, too)
     stderr = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not stderr, [o["text"] for o in stderr]
