@@ -38,6 +38,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("esn_video.cli:evaluate_cli", "evaluate a saved run on the test split"),
     "run": ("esn_video.cli:run_cli", "run the training notebook with papermill and keep the executed record"),
     "analyze": ("esn_video.cli:analyze_cli", "run the analysis notebooks on a finished experiment, keep their records"),
+    "azure check": (
+        "esn_video.cloud.azure:azure_check",
+        "check the Azure credential and permissions before anything is created",
+    ),
+    "azure up": (
+        "esn_video.cloud.azure:azure_up",
+        "create an Azure GPU VM (or the MLflow server VM) that runs a config",
+    ),
+    "azure run": ("esn_video.cloud.azure:azure_run", "run or resume a config on the experiment's Azure VM"),
+    "azure status": (
+        "esn_video.cloud.azure:azure_status",
+        "the experiment's Azure VM: power state, size, address, expiry",
+    ),
+    "azure logs": ("esn_video.cloud.azure:azure_logs", "the job's log on the Azure VM, over SSH"),
+    "azure tensorboard": ("esn_video.cloud.azure:azure_tensorboard", "an SSH tunnel to the Azure VM's TensorBoard"),
+    "azure down": (
+        "esn_video.cloud.azure:azure_down",
+        "deallocate the experiment's Azure VM, or delete its resource group",
+    ),
+    "azure cleanup": (
+        "esn_video.cloud.azure:azure_cleanup",
+        "delete the project's Azure resource groups whose expiry passed",
+    ),
+    "azure cost": ("esn_video.cloud.azure:azure_cost", "month-to-date Azure cost against the budget"),
 }
 
 
