@@ -19,6 +19,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV" || { echo "setup: 'python3 -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 fi
 
+# checkov (the ARM templates' checker in the test suite) pins dependencies that clash with the project's: it gets
+# an environment of its own, .venv-checkov, made when the dev extra is asked for (idempotent: kept while its pin holds)
+CHECKOV_PKG="${CHECKOV_PKG:-checkov==3.3.30}"
+if [[ ",$EXTRAS," == *,dev,* ]]; then
+  cv=".venv-checkov"
+  if ! grep -qx "$CHECKOV_PKG" "$cv/.esn-video-installed" 2>/dev/null; then
+    echo "setup: creating $cv ($CHECKOV_PKG)"
+    [ -x "$cv/bin/python" ] || "$PYTHON" -m venv "$cv"
+    "$cv/bin/python" -m pip --disable-pip-version-check install -q "$CHECKOV_PKG"
+    echo "$CHECKOV_PKG" > "$cv/.esn-video-installed"
+  fi
+fi
+
 # stamp = what was installed: pyproject.toml, this script and the extras; unchanged stamp -> nothing to do
 want="$( (cat pyproject.toml scripts/setup.sh; echo "extras=$EXTRAS torch=$TORCH_PKGS") | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.esn-video-installed"
