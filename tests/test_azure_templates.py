@@ -29,16 +29,33 @@ def test_templates_exist():
     assert {p.name for p in TEMPLATES} >= {"storage.json", "gpu_vm.json"}
 
 
-def test_checkov_passes_every_template():
-    assert CHECKOV.exists(), f"{CHECKOV} is missing: run 'make setup-dev' (scripts/setup.sh dev creates it)"
+def _checkov(folder: Path) -> list[dict]:
     r = subprocess.run(
-        [str(CHECKOV), "-d", str(ARM), "--framework", "arm", "--output", "json", "--quiet", "--compact", "--skip-download"],
+        [str(CHECKOV), "-d", str(folder), "--framework", "arm", "--output", "json", "--quiet", "--compact", "--skip-download"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download from checkov's vendor
     )  # fmt: skip
     assert r.stdout.strip(), r.stderr[-2000:]
     reports = json.loads(r.stdout)
-    reports = reports if isinstance(reports, list) else [reports]
+    return reports if isinstance(reports, list) else [reports]
+
+
+def test_checkov_catches_a_weakened_template(tmp_path):
+    "The check is real: SSH open to the internet and password logins in a copy of the VM template are failures."
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: run 'make setup-dev' (scripts/setup.sh dev creates it)"
+    t = json.loads((ARM / "gpu_vm.json").read_text())
+    nsg = next(r for r in t["resources"] if r["type"] == "Microsoft.Network/networkSecurityGroups")
+    nsg["properties"]["securityRules"][0]["properties"]["sourceAddressPrefix"] = "*"
+    vm = next(r for r in t["resources"] if r["type"] == "Microsoft.Compute/virtualMachines")
+    vm["properties"]["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"] = False
+    (tmp_path / "weak.json").write_text(json.dumps(t))
+    failed = {c["check_id"] for rep in _checkov(tmp_path) for c in rep.get("results", {}).get("failed_checks", [])}
+    assert {"CKV_AZURE_1", "CKV_AZURE_10"} <= failed, failed
+
+
+def test_checkov_passes_every_template():
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: run 'make setup-dev' (scripts/setup.sh dev creates it)"
+    reports = _checkov(ARM)
     failed = [c for rep in reports for c in rep.get("results", {}).get("failed_checks", [])]
     summary = reports[0].get("summary", {}) if reports else {}
     assert not failed, [(c["check_id"], c["check_name"], c["file_path"]) for c in failed]
