@@ -10,6 +10,7 @@
 #   3. upload the executed notebook, the report and this log to experiment-artifacts/EXPERIMENT/
 #   4. deallocate this VM (or delete its resource group when ESN_VIDEO_JOB_DELETE_GROUP=1), through its managed
 #      identity and the instance metadata service                               skipped by --no-deallocate
+#      (a job already done, with a `done` marker, goes straight to this step)
 #
 # usage: scripts/azure/vm_job.sh [--from-env] [--config CONFIG] [--experiment NAME] [--dataset az://C/PREFIX]
 #                                [--set KEY=VALUE]... [--resume] [--skip-install] [--no-deallocate]
@@ -28,7 +29,9 @@ ROOT="$(pwd)"
 config="" experiment="" dataset="" resume=0 install=1 deallocate=1 mlflow=0 port=5000
 state="${ESN_VIDEO_JOB_STATE:-/var/lib/esn-video}" log="${ESN_VIDEO_JOB_LOG:-/var/log/esn-video/job.log}"
 sets=()
-usage() { echo "vm_job.sh: $*" >&2; exit 2; }
+exec 3>&2   # the caller's stderr: usage errors go there (and into the log once it is open)
+logging=0
+usage() { echo "vm_job.sh: $*" >&3; [ "$logging" = 1 ] && echo "vm_job.sh: $*"; exit 2; }
 parse() {
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -57,6 +60,7 @@ parse "$@"
 mkdir -p "$state" "$(dirname "$log")" 2>/dev/null || true
 if ! touch "$log" 2>/dev/null; then log="$state/job.log"; fi
 exec > >(tee -a "$log") 2>&1
+logging=1
 say() { echo "[vm_job $(date -u +%H:%M:%S)] $*"; }
 
 if [ "$install" = 1 ]; then
@@ -110,20 +114,19 @@ from esn_video.records import experiment_dir
 a = sys.argv[2:]
 print(experiment_dir(load_config(sys.argv[1], [v for k, v in zip(a[::2], a[1::2])])) / "report")' "$config" "${sets[@]}" 2>/dev/null)"
   if [ -n "$report" ] && [ -d "$report" ]; then "$ESN" storage upload "$report" "$dest/report" || job=1; fi
-fi
-if [ -f "$log" ]; then
   mkdir -p "$state/log" && cp "$log" "$state/log/job.log" && "$ESN" storage upload "$state/log" "$dest/log" >/dev/null 2>&1 || true
 fi
 
 if [ "$deallocate" = 1 ]; then
   # the VM's managed identity: a token from the instance metadata service, then Resource Manager's REST API
-  imds="http://169.254.169.254/metadata"
+  # (ESN_VIDEO_IMDS_ENDPOINT and ESN_VIDEO_ARM_ENDPOINT point both elsewhere for the tests' stand-in)
+  imds="${ESN_VIDEO_IMDS_ENDPOINT:-http://169.254.169.254}/metadata"
   token="$(curl -sf -H Metadata:true "$imds/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com/" \
            | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
-  meta="$(curl -sf -H Metadata:true "$imds/instance/compute?api-version=2021-02-01")"
+  meta="$(curl -sf -H Metadata:true "$imds/instance/compute?api-version=2021-02-01&format=json")"
   field() { printf %s "$meta" | "$VENV/bin/python" -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
   sub="$(field subscriptionId)" rg="$(field resourceGroupName)" vm="$(field name)"
-  arm="https://management.azure.com/subscriptions/$sub/resourceGroups/$rg"
+  arm="${ESN_VIDEO_ARM_ENDPOINT:-https://management.azure.com}/subscriptions/$sub/resourceGroups/$rg"
   if [ "${ESN_VIDEO_JOB_DELETE_GROUP:-0}" = 1 ]; then
     say "deleting resource group $rg"
     curl -sf -X DELETE -H "Authorization: Bearer $token" "$arm?api-version=2021-04-01" -o /dev/null
