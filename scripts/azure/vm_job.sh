@@ -5,7 +5,7 @@
 #   1. install the project as the README says (scripts/setup.sh azure)            skipped by --skip-install
 #   2. run `esn-video run CONFIG` (papermill) with the live record sync to Blob (storage.sync=true) and the
 #      processed-data caches pulled from and pushed to Blob (storage.caches=both); the dataset comes from Blob when
-#      the config's dataset.root is an az:// location (or --dataset az://...). After an eviction (a `started` marker
+#      the config's dataset.root is an az:// location (or --dataset az://C/PREFIX: a UCF101-layout tree there). After an eviction (a `started` marker
 #      without `done`), the run is resumed from the last synced checkpoint (--resume).
 #   3. upload the executed notebook, the report and this log to experiment-artifacts/EXPERIMENT/
 #   4. deallocate this VM (or delete its resource group when ESN_VIDEO_JOB_DELETE_GROUP=1), through its managed
@@ -93,7 +93,7 @@ else
   [ -f "$state/started" ] && resume=1   # started before and not done: evicted or stopped, so continue
   date -u +%FT%TZ > "$state/started"
   run=(run "$config" --set storage.sync=true --set storage.caches=both --output-dir "$state/executed" "${sets[@]}")
-  [ -n "$dataset" ] && run+=(--set "dataset.root=$dataset")
+  [ -n "$dataset" ] && run+=(--set dataset.kind=ucf101 --set "dataset.root=$dataset")
   [ "$resume" = 1 ] && run+=(--resume)
   "$ESN" storage create >/dev/null || say "could not create the containers (they may exist already)"
   tb=""
