@@ -5,8 +5,9 @@
 #   1. install the project as the README says (scripts/setup.sh azure)            skipped by --skip-install
 #   2. run `esn-video run CONFIG` (papermill) with the live record sync to Blob (storage.sync=true) and the
 #      processed-data caches pulled from and pushed to Blob (storage.caches=both); the dataset comes from Blob when
-#      the config's dataset.root is an az:// location (or --dataset az://C/PREFIX: a UCF101-layout tree there). After an eviction (a `started` marker
-#      without `done`), the run is resumed from the last synced checkpoint (--resume).
+#      the config's dataset.root is an az:// location (or --dataset az://C/PREFIX: a UCF101-layout tree there).
+#      After an eviction (a `started` marker without `done`), the run is resumed from the last synced checkpoint
+#      (--resume).
 #   3. upload the executed notebook, the report and this log to experiment-artifacts/EXPERIMENT/
 #   4. deallocate this VM (or delete its resource group when ESN_VIDEO_JOB_DELETE_GROUP=1), through its managed
 #      identity and the instance metadata service                               skipped by --no-deallocate
