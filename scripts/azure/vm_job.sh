@@ -105,6 +105,7 @@ else
   say "esn-video ${run[*]}"
   "$ESN" "${run[@]}"
   job=$?
+  [ "$job" = 0 ] || job=1
   [ -n "$tb" ] && kill "$tb" 2>/dev/null
   if [ "$job" = 0 ]; then date -u +%FT%TZ > "$state/done"; say "job finished"; else say "job failed (exit $job)"; fi
 
