@@ -172,3 +172,53 @@ def test_up_refuses_a_group_that_is_not_the_projects(arm, tmp_path):
     r = run_cli(UP, env=env)
     assert r.returncode == 2 and "without the tag project=esn-video" in r.stderr, r.stderr
     assert _mutations(arm) == [] and arm.state.groups["esn-video-tiny"]["tags"] == {"owner": "someone"}
+
+
+def test_dry_runs_change_nothing(arm, tmp_path):
+    env = _env(arm, tmp_path)
+    arm.state.add_group("esn-video-tiny", {"project": "esn-video", "expiry": "2000-01-01"})
+    arm.state.vms[("esn-video-tiny", "esn-tiny")] = {
+        "power": "running",
+        "size": "Standard_NC4as_T4_v3",
+        "priority": "Regular",
+    }
+    r = run_cli(
+        [
+            "azure",
+            "run",
+            "configs/tiny.yaml",
+            "-e",
+            "tiny",
+            "--storage-account",
+            "esnvideolab",
+            "--dry-run",
+            "--set",
+            "training.epochs=2",
+        ],
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)["runCommand"]
+    assert body["commandId"] == "RunShellScript" and "training.epochs=2" in body["script"][1]
+    for args in (
+        ["down", "-e", "tiny", "--dry-run"],
+        ["down", "-e", "tiny", "--delete", "--dry-run"],
+        ["cleanup", "--dry-run"],
+    ):
+        r = run_cli(["azure", *args], env=env)
+        assert r.returncode == 0, r.stderr
+    assert _mutations(arm) == [] and arm.state.vms[("esn-video-tiny", "esn-tiny")]["power"] == "running"
+    assert "esn-video-tiny" in arm.state.groups
+
+
+def test_a_failed_deployment_says_the_group_stays(arm, tmp_path):
+    env = _env(arm, tmp_path)
+    r = run_cli([*UP, "--subscription", "11111111-1111-1111-1111-111111111111"], env=env)  # a subscription ARM lacks
+    assert r.returncode == 2 and "SubscriptionNotFound" in r.stderr and arm.state.groups == {}, r.stderr
+    arm.state.deployment_error = (
+        "QuotaExceeded",
+        "Operation results in exceeding approved standardNCASv3_T4Family Cores quota",
+    )
+    r = run_cli(UP, env=env)
+    assert r.returncode == 1 and "QuotaExceeded" in r.stderr and "stays" in r.stderr, r.stderr
+    assert arm.state.groups["esn-video-tiny"]["tags"]["project"] == "esn-video"  # kept, tagged, with its expiry
