@@ -8,7 +8,8 @@
 #      the config's dataset.root is an az:// location (or --dataset az://C/PREFIX: a UCF101-layout tree there).
 #      After an eviction (a `started` marker without `done`), the run is resumed from the last synced checkpoint
 #      (--resume).
-#   3. upload the executed notebook, the report and this log to experiment-artifacts/EXPERIMENT/
+#   3. upload the executed notebook, the report and this log to experiment-artifacts/EXPERIMENT/ (the config's
+#      experiment: the live sync puts the run folders there too)
 #   4. deallocate this VM (or delete its resource group when ESN_VIDEO_JOB_DELETE_GROUP=1), through its managed
 #      identity and the instance metadata service                               skipped by --no-deallocate
 #      (a job already done, with a `done` marker, goes straight to this step)
@@ -85,21 +86,32 @@ fi
 if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -z "${ESN_VIDEO_STORAGE_ACCOUNT:-}" ]; then
   usage "no storage target: set ESN_VIDEO_STORAGE_ACCOUNT (managed identity) or AZURE_STORAGE_CONNECTION_STRING"
 fi
-[ -n "$experiment" ] || experiment="$(basename "$config" .yaml)"
-dest="az://experiment-artifacts/$experiment"
+# the config's experiment and its folder (where the report goes); a config that does not load stops here
+overrides=("${sets[@]}")
+[ -n "$dataset" ] && overrides+=(--set dataset.kind=ucf101 --set "dataset.root=$dataset")
+where="$("$VENV/bin/python" -c 'import sys
+from esn_video.config import load_config
+from esn_video.records import experiment_dir
+a = sys.argv[2:]
+cfg = load_config(sys.argv[1], [v for k, v in zip(a[::2], a[1::2])])
+print(cfg.experiment)
+print(experiment_dir(cfg))' "$config" "${overrides[@]}")" || usage "config $config does not load (see above)"
+cfg_experiment="$(sed -n 1p <<<"$where")" expdir="$(sed -n 2p <<<"$where")"
+[ -n "$experiment" ] || experiment="$cfg_experiment"
+# the run folders are synced to experiment-artifacts/<the config's experiment>/<run>/: the rest goes beside them
+dest="az://experiment-artifacts/$cfg_experiment"
 if [ -f "$state/done" ]; then
   say "job $experiment already done ($(cat "$state/done")); nothing to run"
   job=0
 else
   [ -f "$state/started" ] && resume=1   # started before and not done: evicted or stopped, so continue
   date -u +%FT%TZ > "$state/started"
-  run=(run "$config" --set storage.sync=true --set storage.caches=both --output-dir "$state/executed" "${sets[@]}")
-  [ -n "$dataset" ] && run+=(--set dataset.kind=ucf101 --set "dataset.root=$dataset")
+  run=(run "$config" --set storage.sync=true --set storage.caches=both --output-dir "$state/executed" "${overrides[@]}")
   [ "$resume" = 1 ] && run+=(--resume)
   "$ESN" storage create >/dev/null || say "could not create the containers (they may exist already)"
   tb=""
   if [ -x "$VENV/bin/tensorboard" ]; then  # for `esn-video azure tensorboard` (SSH tunnel to the VM's loopback)
-    "$VENV/bin/tensorboard" --logdir "$ROOT/models" --host 127.0.0.1 --port 6006 >/dev/null 2>&1 &
+    "$VENV/bin/tensorboard" --logdir "$expdir" --host 127.0.0.1 --port 6006 >/dev/null 2>&1 &
     tb=$!
   fi
   say "esn-video ${run[*]}"
@@ -110,11 +122,7 @@ else
   if [ "$job" = 0 ]; then date -u +%FT%TZ > "$state/done"; say "job finished"; else say "job failed (exit $job)"; fi
 
   if [ -d "$state/executed" ]; then "$ESN" storage upload "$state/executed" "$dest/papermill_runs" || job=1; fi
-  report="$("$VENV/bin/python" -c 'import sys
-from esn_video.config import load_config
-from esn_video.records import experiment_dir
-a = sys.argv[2:]
-print(experiment_dir(load_config(sys.argv[1], [v for k, v in zip(a[::2], a[1::2])])) / "report")' "$config" "${sets[@]}" 2>/dev/null)"
+  report="$expdir/report"
   if [ -n "$report" ] && [ -d "$report" ]; then "$ESN" storage upload "$report" "$dest/report" || job=1; fi
   mkdir -p "$state/log" && cp "$log" "$state/log/job.log" && "$ESN" storage upload "$state/log" "$dest/log" >/dev/null 2>&1 || true
 fi
