@@ -8,7 +8,7 @@ setup:
 	PYTHON=$(PY) VENV=$(VENV) bash scripts/setup.sh
 
 setup-dev:
-	PYTHON=$(PY) VENV=$(VENV) bash scripts/setup.sh dev
+	PYTHON=$(PY) VENV=$(VENV) bash scripts/setup.sh dev,azure
 
 ## main job: the default experiment (generated dataset, frozen features, ESN vs RNN/LSTM/GRU and extra baselines)
 ## through papermill; keeps the executed notebook in papermill_runs/ and prints the comparison table.
