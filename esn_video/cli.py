@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("esn_video.cli:evaluate_cli", "evaluate a saved run on the test split"),
     "run": ("esn_video.cli:run_cli", "run the training notebook with papermill and keep the executed record"),
     "analyze": ("esn_video.cli:analyze_cli", "run the analysis notebooks on a finished experiment, keep their records"),
+    "report": ("esn_video.report:report_cli", "rebuild a comparison report from run folders or an MLflow server"),
     "mlflow-server": (
         "esn_video.cloud.mlflow_server:mlflow_server_cli",
         "run an MLflow tracking server with its artifacts in Azure Blob",
