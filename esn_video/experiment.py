@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -291,13 +292,15 @@ def _mlflow_settings(cfg: ExperimentConfig, m: ModelConfig, rd: RunDir, split: i
     )  # fmt: skip
 
 
-def _run_sync(cfg: ExperimentConfig, rd: RunDir, overwrite: bool, verbose: bool):
+def _run_sync(cfg: ExperimentConfig, rd: RunDir, overwrite: bool):
     "With `storage.sync` on, the run folder's `cloud.sync.RunSync`, after taking back its synced copy if the folder holds no run (and no --overwrite)."
     if not cfg.storage.sync:
         return None
     from esn_video.cloud.sync import run_sync
 
-    sync = run_sync(cfg, rd.path, log=(lambda s: print(s, flush=True)) if verbose else None)
+    sync = run_sync(
+        cfg, rd.path, log=lambda s: print(s, file=sys.stderr, flush=True)
+    )  # rare lines: said even when quiet
     if not overwrite:
         sync.restore()
     return sync
@@ -323,7 +326,7 @@ def train_model(
     if features is None:
         check_outputs(cfg)
     rd = RunDir(base / run_name(name, split, seed, cfg.evaluation.cv))
-    sync = _run_sync(cfg, rd, overwrite, verbose)  # storage.sync: the copy in Blob (taken back on a fresh machine)
+    sync = _run_sync(cfg, rd, overwrite)  # storage.sync: the copy in Blob (taken back on a fresh machine)
     mode = rd.plan(resume=resume, overwrite=overwrite)
     changes = _resume_changes(cfg, rd, name) if mode == "resume" else []
     with rd.lock():
