@@ -534,6 +534,8 @@ def run_comparison(
             for m in chosen:
                 rd = RunDir(experiment_dir(cfg) / run_name(m.name, split, seed, cfg.evaluation.cv))
                 data = data or prepare_split(cfg, split, verbose)
+                if cfg.storage.sync and not overwrite:
+                    _run_sync(cfg, rd, overwrite)  # a fresh machine: the synced copy first (a finished run is kept)
                 if rd.state() == "finished" and not overwrite:
                     rec, how = _reusable(cfg, m, rd, data, split), "kept from an earlier run with this config"
                 else:

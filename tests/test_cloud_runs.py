@@ -128,6 +128,9 @@ def test_sync_without_container_is_a_usage_error(azurite, shared, tmp_path):
 # --- a tiny experiment through a real MLflow server with its artifacts in Azurite ---------------------------------
 
 
+EXP = "tiny-tracked"  # its own place in Blob and in MLflow
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,13 +153,13 @@ def tracked(azurite, shared, tmp_path_factory):
             models, runs = d / "models", d / "papermill_runs"
             env = cli_env(AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
             args = ["run", TINY, *tiny_paths(shared, models), "--set", "mlflow.enabled=true",
-                    "--set", f"mlflow.tracking_uri={srv.url}", *_sync(5), "--output-dir", str(runs)]  # fmt: skip
+                    "--set", f"mlflow.tracking_uri={srv.url}", *_sync(5), "--output-dir", str(runs), "--set", f"experiment={EXP}"]  # fmt: skip
             r = run_cli(args, env=env, timeout=900)
             (d / "run.stdout").write_text(r.stdout)
             (d / "run.stderr").write_text(r.stderr)
             assert r.returncode == 0, r.stderr[-3000:]
             out = d / "from-mlflow"
-            rep = run_cli(["report", "--from-mlflow", srv.url, "tiny", "--out", str(out)], env=cli_env())
+            rep = run_cli(["report", "--from-mlflow", srv.url, EXP, "--out", str(out)], env=cli_env())
             (d / "report.stdout").write_text(rep.stdout)
             (d / "report.stderr").write_text(rep.stderr)
             yield {"dir": d, "models": models, "runs": runs, "server": srv, "run": r, "report": rep, "out": out}
@@ -168,11 +171,11 @@ def test_child_runs_carry_what_the_dashboard_compares(tracked):
     from mlflow import MlflowClient
 
     c = MlflowClient(tracked["server"].url)
-    exp = c.get_experiment_by_name("tiny")
+    exp = c.get_experiment_by_name(EXP)
     runs = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("comparison") != "parent"]
     assert {r.data.tags["model"] for r in runs} == {"esn", "gru", "mean"}
     for r in runs:
-        rec = json.loads((tracked["models"] / "tiny" / r.info.run_name / "metrics.json").read_text())
+        rec = json.loads((tracked["models"] / EXP / r.info.run_name / "metrics.json").read_text())
         assert r.data.tags["kind"] == rec["kind"] and r.data.tags["split"] == "1" and r.data.tags["seed"] == "0"
         assert r.data.tags.get("mlflow.parentRunId")  # nested under the comparison's run in the UI
         for k in ("fit_seconds", "trainable_params", "fixed_params", "accuracy", "macro_f1"):
@@ -183,11 +186,11 @@ def test_child_runs_carry_what_the_dashboard_compares(tracked):
 def test_report_from_the_server_equals_the_local_one(tracked):
     rep = tracked["report"]
     assert rep.returncode == 0, rep.stderr[-3000:]
-    local = pd.read_csv(tracked["models"] / "tiny" / "report" / "results.csv")
+    local = pd.read_csv(tracked["models"] / EXP / "report" / "results.csv")
     remote = pd.read_csv(tracked["out"] / "report" / "results.csv")
     pd.testing.assert_frame_equal(local, remote)
     assert len(local) == 3
-    local_summary = json.loads((tracked["models"] / "tiny" / "report" / "summary.json").read_text())
+    local_summary = json.loads((tracked["models"] / EXP / "report" / "summary.json").read_text())
     assert json.loads((tracked["out"] / "report" / "summary.json").read_text()) == local_summary
     # the table `esn-video run` printed from the folder is the one `esn-video report --from-mlflow` prints
     table = rep.stdout.split("\n- ESN", 1)[0].strip().splitlines()
@@ -195,12 +198,12 @@ def test_report_from_the_server_equals_the_local_one(tracked):
 
 
 def test_run_folders_and_notebook_synced(tracked, azurite):
-    blobs = _blobs(azurite, "tiny/")
+    blobs = _blobs(azurite, f"{EXP}/")
     for run in ("esn-split1-seed0", "gru-split1-seed0", "mean-split1-seed0"):
-        assert blobs[f"tiny/{run}/metrics.json"] == (tracked["models"] / "tiny" / run / "metrics.json").read_bytes()
+        assert blobs[f"{EXP}/{run}/metrics.json"] == (tracked["models"] / EXP / run / "metrics.json").read_bytes()
     nb = sorted(tracked["runs"].glob("*.ipynb"))
     assert len(nb) == 1
-    assert blobs[f"tiny/papermill_runs/{nb[0].name}"] == nb[0].read_bytes()
+    assert blobs[f"{EXP}/papermill_runs/{nb[0].name}"] == nb[0].read_bytes()
 
 
 def test_no_key_in_any_record(tracked, azurite):
@@ -216,7 +219,7 @@ def test_no_key_in_any_record(tracked, azurite):
         for s in secrets:
             assert s.encode() not in data, f"the storage key is in {p}"
     blobs = _blobs(azurite)  # run folders, executed notebook and MLflow's artifacts
-    assert any(k.startswith("mlflow/") for k in blobs) and any(k.startswith("tiny/") for k in blobs)
+    assert any(k.startswith("mlflow/") for k in blobs) and any(k.startswith(f"{EXP}/") for k in blobs)
     for name, data in blobs.items():
         for s in secrets:
             assert s.encode() not in data, f"the storage key is in blob {name}"
@@ -224,7 +227,7 @@ def test_no_key_in_any_record(tracked, azurite):
     from mlflow import MlflowClient
 
     c = MlflowClient(tracked["server"].url)
-    exp = c.get_experiment_by_name("tiny")
+    exp = c.get_experiment_by_name(EXP)
     for r in c.search_runs([exp.experiment_id]):
         text = json.dumps({"params": r.data.params, "tags": r.data.tags})
         assert azurite.key not in text
