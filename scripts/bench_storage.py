@@ -5,7 +5,7 @@
    emulator, one run each into a fresh prefix (the target is a ratio >= 3).
 2. Training from a dataset whose `dataset.root` is a blob location, after its first pass filled the local cache,
    against the same dataset on local disk: clips/s of preparing the split (index, frame cache, the blob listing
-   for the first) and training a small model on every training clip for `--epochs` epochs; the faster of
+   for the first) and training a small CNN+GRU end to end on every training clip for `--epochs` epochs; the faster of
    `--repeats` interleaved runs of each counts (the target is a ratio >= 0.9).
 
     .venv/bin/python scripts/bench_storage.py [--preset small] [--workers 16] [--epochs 3] [--json out.json]
@@ -70,7 +70,7 @@ def _upload(tree: Path, target, workers: int, repeats: int, az_pid: int) -> dict
 
 
 def _train_once(cfg, epochs: int) -> tuple[float, int]:
-    "Seconds to prepare split 1 and train a small model on every training clip for `epochs` epochs; clips seen."
+    "Seconds to prepare split 1 and train a small CNN+GRU on every training clip for `epochs` epochs; clips seen."
     import torch
 
     from esn_video.prepare import prepare_split, split_dataloaders
@@ -78,15 +78,17 @@ def _train_once(cfg, epochs: int) -> tuple[float, int]:
     t0 = time.perf_counter()
     data = prepare_split(cfg, 1, verbose=False)
     dls = split_dataloaders(cfg, data, bs=8, device="cpu", seed=0, test=False)
-    model = torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.ReLU(), torch.nn.Linear(32, len(data.classes)))
-    opt = None
+    from esn_video.features import EndToEndModel, build_encoder
+    from esn_video.models.registry import build_model
+
+    torch.manual_seed(0)
+    enc = build_encoder("cnn")  # what configs/end_to_end.yaml trains: a small CNN per frame and a GRU over time
+    model = EndToEndModel(enc, build_model("gru", enc.n_features, len(data.classes), hidden=32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     seen = 0
     for _ in range(epochs):
         for xb, yb in dls.train:
-            x = xb.float().mean(1).flatten(1)  # (B, T, C, H, W) -> mean frame, flattened
-            loss = torch.nn.functional.cross_entropy(model(x), yb)
-            if opt is None:
-                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=["tiny", "small", "default"], help="generated dataset size")
     p.add_argument("--workers", type=int, default=32, help="parallel transfers of the project's upload (default 32)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs per timed run (default 5)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per timed run (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each; the fastest counts")
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     a = p.parse_args(argv)

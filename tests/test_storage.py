@@ -222,6 +222,16 @@ def test_cli_bad_input(videos, azurite, tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "could not be reached" in r.stderr
 
 
+def test_cli_no_azure_credential():
+    "An account to reach with DefaultAzureCredential but no way to sign in (no identity, no service principal, no az login): one line, exit 2."
+    env = {k: v for k, v in cli_env().items() if not k.startswith("AZURE_")}
+    r = run_cli(
+        ["storage", "ls", "az://ucf101-dataset"], env={**env, "ESN_VIDEO_STORAGE_ACCOUNT": "labstore"}, timeout=120
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no Azure credential for storage account labstore" in r.stderr and "managed identity" in r.stderr
+
+
 def _train(conn: str, home: Path, model: str = "mean") -> subprocess.CompletedProcess:
     "Train one model of the tiny config on the dataset in Blob, with the caches shared, in `home` as a machine of its own."
     env = cli_env(**{CONNECTION_ENV: conn, "ESN_VIDEO_DATA": str(home / "data"), "ESN_VIDEO_CACHE": str(home / "cache"),
@@ -263,7 +273,7 @@ def test_second_machine_downloads_the_caches(videos, azurite, target, tmp_path):
 def test_bench_storage_runs(tmp_path):
     "The storage benchmark runs end to end at a tiny size and prints its ratios (the figures are not asserted)."
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_storage.py"), "--preset", "tiny", "--epochs", "1",
-                        "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                        "--repeats", "1", "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env=cli_env())  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = json.loads((tmp_path / "b.json").read_text())
