@@ -231,12 +231,14 @@ class MlflowServer:
         workers: int | None = None,
         log_path: str | Path | None = None,
         check_storage: bool = True,
+        allowed_hosts: str | None = None,
     ):
         self.backend_store_uri = backend_store_uri or default_backend_store_uri()
         self.artifacts_destination = artifacts_destination
         self.host, self.port, self.workers = host, int(port), workers
         self.log_path = Path(log_path) if log_path else project_paths().models / "mlflow-server.log"
         self.check_storage = check_storage
+        self.allowed_hosts = allowed_hosts  # MLflow's default: localhost and private addresses
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -261,7 +263,8 @@ class MlflowServer:
         "The server's command line (no credential in it)."
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
                "--backend-store-uri", self.backend_store_uri, "--artifacts-destination", self.artifacts_destination]  # fmt: skip
-        return cmd + (["--workers", str(self.workers)] if self.workers else [])
+        cmd += ["--workers", str(self.workers)] if self.workers else []
+        return cmd + (["--allowed-hosts", self.allowed_hosts] if self.allowed_hosts else [])
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         "Check the settings, start the server and wait until `/health` answers (a `ServerStartError` with its log if not)."
@@ -343,6 +346,9 @@ def mlflow_server_cli(argv: list[str], prog: str = "esn-video mlflow-server") ->
                    help="wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/PATH (default: experiment-artifacts of the "
                         "account in AZURE_STORAGE_CONNECTION_STRING), or a local folder")  # fmt: skip
     p.add_argument("--workers", type=int, help="server worker processes (default: MLflow's)")
+    p.add_argument(
+        "--allowed-hosts", help="Host headers to accept, comma-separated (default: MLflow's, localhost and private IPs)"
+    )
     p.add_argument("--log", type=Path, help="server log file (default <models>/mlflow-server.log)")
     a = p.parse_args(argv)
     dest = a.artifacts_destination or default_artifacts_destination()
@@ -353,7 +359,7 @@ def mlflow_server_cli(argv: list[str], prog: str = "esn-video mlflow-server") ->
         )
     if a.workers is not None and a.workers < 1:
         raise ServerSettingsError(f"--workers {a.workers}: give 1 or more")
-    srv = MlflowServer(dest, a.backend_store_uri, a.host, a.port, a.workers, a.log)
+    srv = MlflowServer(dest, a.backend_store_uri, a.host, a.port, a.workers, a.log, allowed_hosts=a.allowed_hosts)
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
