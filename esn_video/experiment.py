@@ -7,8 +7,10 @@ Docs: https://esn-video.github.io/esn-video/experiment.html.md"""
 # %% ../nbs/44_experiment.ipynb #56d39f29
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -290,6 +292,20 @@ def _mlflow_settings(cfg: ExperimentConfig, m: ModelConfig, rd: RunDir, split: i
     )  # fmt: skip
 
 
+def _run_sync(cfg: ExperimentConfig, rd: RunDir, overwrite: bool):
+    "With `storage.sync` on, the run folder's `cloud.sync.RunSync`, after taking back its synced copy if the folder holds no run (and no --overwrite)."
+    if not cfg.storage.sync:
+        return None
+    from esn_video.cloud.sync import run_sync
+
+    sync = run_sync(
+        cfg, rd.path, log=lambda s: print(s, file=sys.stderr, flush=True)
+    )  # rare lines: said even when quiet
+    if not overwrite:
+        sync.restore()
+    return sync
+
+
 def train_model(
     cfg: ExperimentConfig,
     name: str,
@@ -310,12 +326,15 @@ def train_model(
     if features is None:
         check_outputs(cfg)
     rd = RunDir(base / run_name(name, split, seed, cfg.evaluation.cv))
+    sync = _run_sync(cfg, rd, overwrite)  # storage.sync: the copy in Blob (taken back on a fresh machine)
     mode = rd.plan(resume=resume, overwrite=overwrite)
     changes = _resume_changes(cfg, rd, name) if mode == "resume" else []
     with rd.lock():
         mode = rd.plan(resume=resume, overwrite=overwrite)  # again, now that no other process can change it
         if mode == "overwrite":
             rd.reset()
+        if overwrite and sync is not None:
+            sync.clear_remote()
         rd.path.mkdir(parents=True, exist_ok=True)
         if mode != "resume" or not rd.config.is_file():
             write_json(rd.environment, environment_info(cfg.training_for(m).device))
@@ -324,15 +343,16 @@ def train_model(
                       config_changes=changes)  # fmt: skip
         if verbose:
             print(f"{rd.path.name}: {mode} run in {rd.path}", flush=True)
-        try:
-            rec = _run(cfg, m, split, seed, rd, mode, features, changes, verbose, mlflow_parent)
-        except KeyboardInterrupt:
-            rd.set_status("interrupted", error="interrupted (Ctrl-C)")
-            raise
-        except BaseException as e:
-            rd.set_status("failed", error=f"{type(e).__name__}: {e}")
-            raise
-        rd.set_status("finished", accuracy=rec.accuracy, fit_seconds=rec.fit_seconds)
+        with sync if sync is not None else contextlib.nullcontext():  # pushes at the end whatever happens
+            try:
+                rec = _run(cfg, m, split, seed, rd, mode, features, changes, verbose, mlflow_parent)
+            except KeyboardInterrupt:
+                rd.set_status("interrupted", error="interrupted (Ctrl-C)")
+                raise
+            except BaseException as e:
+                rd.set_status("failed", error=f"{type(e).__name__}: {e}")
+                raise
+            rd.set_status("finished", accuracy=rec.accuracy, fit_seconds=rec.fit_seconds)
     if verbose:
         print(
             f"{rd.path.name}: test accuracy {100 * rec.accuracy:.1f}% (valid {100 * (rec.valid_accuracy or 0):.1f}%), "
@@ -514,6 +534,8 @@ def run_comparison(
             for m in chosen:
                 rd = RunDir(experiment_dir(cfg) / run_name(m.name, split, seed, cfg.evaluation.cv))
                 data = data or prepare_split(cfg, split, verbose)
+                if cfg.storage.sync and not overwrite:
+                    _run_sync(cfg, rd, overwrite)  # a fresh machine: the synced copy first (a finished run is kept)
                 if rd.state() == "finished" and not overwrite:
                     rec, how = _reusable(cfg, m, rd, data, split), "kept from an earlier run with this config"
                 else:

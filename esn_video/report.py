@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ['RESULT_COLUMNS', 'SUMMARY_FIGURES', 'RECURRENT_KINDS', 'FIGURES', 'collect_runs', 'results_frame', 'collect_results',
            'summarize', 'paired_gap', 'headline', 'comparison_table', 'headline_text', 'interpretation', 'bars_figure',
            'per_class_figure', 'confusions_figure', 'pareto_front', 'time_figure', 'anytime_figure', 'params_figure',
-           'curves_figure', 'build_report']
+           'curves_figure', 'build_report', 'collect_runs_mlflow', 'build_report_mlflow', 'report_cli']
 
 # %% ../nbs/45_report.ipynb #9e65175f
 RESULT_COLUMNS = (
@@ -401,11 +401,11 @@ FIGURES = {
 }
 
 
-def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
-    "Write `report/` (report.md, results.csv, summary.json, PNG figures) for the runs under `experiment_dir`."
+def build_report(experiment_dir: str | Path, title: str | None = None, runs: list[dict] | None = None) -> dict:
+    "Write `report/` (report.md, results.csv, summary.json, PNG figures) for the runs under `experiment_dir` (or for `runs`, records whose `history.csv` lie in `experiment_dir/<run>/`)."
     experiment_dir = Path(experiment_dir)
     out = experiment_dir / "report"
-    runs = collect_runs(experiment_dir)
+    runs = collect_runs(experiment_dir) if runs is None else runs
     results = results_frame(runs)
     summary = summarize(results)
     hl = headline(summary, results)
@@ -455,3 +455,75 @@ def build_report(experiment_dir: str | Path, title: str | None = None) -> dict:
     ]
     atomic_write(out / "report.md", "\n".join(md).encode())
     return {"dir": out, "summary": summary, "table": table, "headline": hl, "results": results, "runs": runs}
+
+# %% ../nbs/45_report.ipynb #4dd74259
+def collect_runs_mlflow(uri: str, experiment: str, dest: str | Path) -> list[dict]:
+    "The record of every finished run of MLflow `experiment` at `uri` (its `metrics.json` artifact; `history.csv` too, both downloaded under `dest/<run>/`), the newest MLflow run of each run name."
+    from esn_video.credentials import redact
+    from esn_video.tracking import mlflow_client
+
+    c = mlflow_client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in c.search_experiments())
+        raise FileNotFoundError(f"the MLflow store at {redact(uri)} has no experiment {experiment!r}; it has: {names}")
+    found = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50000,
+                          order_by=["attributes.start_time DESC"])  # fmt: skip
+    newest = {}
+    for r in found:
+        if r.data.tags.get("comparison") != "parent" and "model" in r.data.tags:
+            newest.setdefault(r.info.run_name, r)
+    runs = []
+    for name, r in sorted(newest.items()):
+        have = {a.path for a in c.list_artifacts(r.info.run_id)}
+        if "metrics.json" not in have:
+            continue
+        folder = Path(dest) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in ("metrics.json", "history.csv"):
+            if f in have:
+                c.download_artifacts(r.info.run_id, f, str(folder))
+        runs.append({**read_record(folder / "metrics.json"), "run": name})
+    if not runs:
+        raise FileNotFoundError(f"experiment {experiment!r} at {redact(uri)} has no finished run with a metrics.json")
+    return runs
+
+
+def build_report_mlflow(uri: str, experiment: str, dest: str | Path | None = None) -> dict:
+    "`build_report` of the runs MLflow `experiment` at `uri` holds, written under `dest` (default `<models>/mlflow-reports/<experiment>`)."
+    from esn_video.core import project_paths
+
+    dest = Path(dest) if dest is not None else project_paths().models / "mlflow-reports" / experiment
+    runs = collect_runs_mlflow(uri, experiment, dest)
+    return build_report(dest, title=experiment, runs=runs)
+
+# %% ../nbs/45_report.ipynb #c32edce5
+def report_cli(argv: list[str], prog: str = "esn-video report") -> int:
+    "`esn-video report`: write an experiment's comparison report from its run folders, or from an MLflow server (`--from-mlflow URI`), and print its table."
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=report_cli.__doc__)
+    p.add_argument(
+        "experiment",
+        help="an experiment folder, its name or its config YAML; with --from-mlflow: the MLflow experiment",
+    )
+    p.add_argument(
+        "--from-mlflow", metavar="URI", help="read the runs from this MLflow tracking URI (e.g. http://127.0.0.1:5000)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="with --from-mlflow: the folder to write into (default <models>/mlflow-reports/EXPERIMENT)",
+    )
+    a = p.parse_args(argv)
+    if a.from_mlflow:
+        rep = build_report_mlflow(a.from_mlflow, a.experiment, a.out)
+    else:
+        from esn_video.runs import find_experiment
+
+        folder = find_experiment(a.experiment)
+        rep = build_report(folder, title=folder.name)
+    print(rep["table"].to_string(index=False))
+    print(headline_text(rep["headline"]))
+    print(f"report: {rep['dir'] / 'report.md'}")
+    return 0

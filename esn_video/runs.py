@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,18 @@ def training_notebook() -> Path:
     return nb
 
 
+def _sync_record(cfg, out: Path) -> None:
+    "With `storage.sync` on, send the executed notebook (finished or failed) to `<experiment>/papermill_runs/` in Blob; a failure is said, not raised."
+    if not cfg.storage.sync or not out.is_file():
+        return
+    from esn_video.cloud.sync import sync_file
+
+    try:
+        print(f"executed notebook synced to {sync_file(cfg, out)}", flush=True)
+    except Exception as e:  # the record is kept locally; the run's outcome is what the caller reports
+        print(f"sync: the executed notebook was not sent ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+
+
 def run_notebook(
     config: str | Path,
     overrides: list[str] | tuple[str, ...] = (),
@@ -66,8 +79,11 @@ def run_notebook(
     out = out_dir / record_name(cfg.experiment)
 
     source = Path(notebook) if notebook else training_notebook()
-    execute_record(source, out, params, kernel, log_output=log_output,
-                   stdout_file=_Lines(echo) if echo is not None else None)  # fmt: skip
+    try:
+        execute_record(source, out, params, kernel, log_output=log_output,
+                       stdout_file=_Lines(echo) if echo is not None else None)  # fmt: skip
+    finally:
+        _sync_record(cfg, out)
     return out
 
 

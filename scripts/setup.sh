@@ -32,6 +32,20 @@ if [[ ",$EXTRAS," == *,dev,* ]]; then
   fi
 fi
 
+# the test setup (any extras naming dev): the pinned Azure Storage emulator (tools/azurite) that the storage tests
+# start; npm ci installs exactly the committed lock file, and only when the install is missing or out of date
+if [[ ",$EXTRAS," == *",dev,"* ]]; then
+  az=tools/azurite
+  if [ ! -x "$az/node_modules/.bin/azurite-blob" ] || ! cmp -s "$az/package-lock.json" "$az/node_modules/.package-lock.json.installed"; then
+    if command -v npm >/dev/null; then
+      echo "setup: installing Azurite (npm ci in $az)"
+      (cd "$az" && npm ci --no-audit --no-fund --loglevel=error) && cp "$az/package-lock.json" "$az/node_modules/.package-lock.json.installed"
+    else
+      echo "setup: WARNING: npm not found, so Azurite (the Azure Storage emulator the storage tests need) is not installed; install Node.js 18+ and run make setup-dev again" >&2
+    fi
+  fi
+fi
+
 # stamp = what was installed: pyproject.toml, this script and the extras; unchanged stamp -> nothing to do
 want="$( (cat pyproject.toml scripts/setup.sh; echo "extras=$EXTRAS torch=$TORCH_PKGS") | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.esn-video-installed"
