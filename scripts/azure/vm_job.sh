@@ -17,7 +17,7 @@
 # usage: scripts/azure/vm_job.sh [--from-env] [--config CONFIG] [--experiment NAME] [--dataset az://C/PREFIX]
 #                                [--set KEY=VALUE]... [--resume] [--skip-install] [--no-deallocate]
 #                                [--state-dir DIR] [--log FILE]
-#        scripts/azure/vm_job.sh --mlflow-server [--port 5000]      (the MLflow server VM: workload=mlflow)
+#        scripts/azure/vm_job.sh --mlflow-server [--port 5000] [--host 0.0.0.0]   (the MLflow server VM)
 #
 # Environment: ESN_VIDEO_STORAGE_ACCOUNT (the VM: managed identity) or AZURE_STORAGE_CONNECTION_STRING (Azurite, a
 # key of your own); --from-env reads ESN_VIDEO_JOB_CONFIG, ESN_VIDEO_JOB_EXPERIMENT, ESN_VIDEO_JOB_DELETE_GROUP and
@@ -28,7 +28,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$(pwd)"
 
-config="" experiment="" dataset="" resume=0 install=1 deallocate=1 mlflow=0 port=5000
+config="" experiment="" dataset="" resume=0 install=1 deallocate=1 mlflow=0 port=5000 host=0.0.0.0
 state="${ESN_VIDEO_JOB_STATE:-/var/lib/esn-video}" log="${ESN_VIDEO_JOB_LOG:-/var/log/esn-video/job.log}"
 sets=()
 exec 3>&2   # the caller's stderr: usage errors go there (and into the log once it is open)
@@ -51,6 +51,7 @@ parse() {
       --log) log="${2:?}"; shift ;;
       --mlflow-server) mlflow=1 ;;
       --port) port="${2:?}"; shift ;;
+      --host) host="${2:?}"; shift ;;
       -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
       *) usage "unknown argument '$1' (see --help)" ;;
     esac
@@ -74,11 +75,20 @@ ESN="$VENV/bin/esn-video"
 [ -x "$ESN" ] || usage "$ESN not found: install first (drop --skip-install)"
 
 if [ "$mlflow" = 1 ]; then
-  acct="${ESN_VIDEO_STORAGE_ACCOUNT:?the MLflow server needs ESN_VIDEO_STORAGE_ACCOUNT}"
-  say "MLflow server on port $port, artifacts in wasbs://experiment-artifacts@$acct.blob.core.windows.net/mlflow"
-  exec "$VENV/bin/mlflow" server --host 0.0.0.0 --port "$port" --workers 2 \
-    --backend-store-uri "sqlite:///$state/mlflow.db" \
-    --artifacts-destination "wasbs://experiment-artifacts@$acct.blob.core.windows.net/mlflow"
+  # the MLflow server VM (workload=mlflow): the project's server, its database on this disk, artifacts in Blob
+  # (through the managed identity, or the account of AZURE_STORAGE_CONNECTION_STRING); the network security group
+  # admits the caller's address only, so any Host header is accepted
+  mkdir -p "$state"
+  dest_args=()
+  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ]; then
+    acct="${ESN_VIDEO_STORAGE_ACCOUNT:-}"
+    [ -n "$acct" ] || usage "the MLflow server needs ESN_VIDEO_STORAGE_ACCOUNT (or AZURE_STORAGE_CONNECTION_STRING)"
+    dest_args=(--artifacts-destination "wasbs://experiment-artifacts@$acct.blob.core.windows.net/mlflow")
+  fi
+  "$ESN" storage create >/dev/null || say "could not create the containers (they may exist already)"
+  say "MLflow server on $host:$port"
+  exec "$ESN" mlflow-server --host "$host" --port "$port" --backend-store-uri "sqlite:///$state/mlflow.db" \
+    "${dest_args[@]}" --allowed-hosts '*' --log "$state/mlflow-server.log"
 fi
 
 [ -n "$config" ] || usage "no config: pass --config CONFIG (or --from-env with ESN_VIDEO_JOB_CONFIG)"
