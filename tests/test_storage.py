@@ -102,6 +102,44 @@ def test_upload_cut_off_then_resumed(videos, azurite, target, how):
     assert len(list_blobs(loc, target)) == len(files)
 
 
+def test_staged_blocks_are_not_a_blob(videos, target):
+    "A file cut off after some of its blocks were sent leaves no blob (its blocks are uncommitted); the next upload finishes it."
+    loc = parse_location("az://ucf101-dataset/staged")
+    rel = sorted(r for r in local_files(videos) if r.endswith(".avi"))[0]
+    data = (videos / rel).read_bytes()
+    bc = target.container(loc.container).get_blob_client(loc.blob(rel))
+    for i, start in enumerate(range(0, 4096, 2048)):  # two of its blocks arrived, then the sender died
+        bc.stage_block(base64.b64encode(f"block-{i:08d}".encode()).decode(), data[start : start + 2048])
+    assert len(bc.get_block_list("uncommitted")[1]) == 2
+    assert list_blobs(loc, target) == [] and not bc.exists()
+    rep = upload_tree(videos, loc, target, block_size=2048, only=[rel], log=None)
+    assert rep.transferred == [rel]
+    assert bc.download_blob().readall() == data and list_blobs(loc, target)[0].md5 == file_md5(videos / rel)
+
+
+def test_corrupt_shared_frame_cache_is_not_taken(videos, target, tmp_path):
+    "A frame cache in Blob with one damaged file (or no marker) is not pulled: the machine decodes locally, nothing half-made is left."
+    from azure.storage.blob import ContentSettings
+
+    from esn_video.cloud.caches import frame_cache_location, pull_frame_cache, push_frame_cache
+    from esn_video.data.cache import build_frame_cache, cache_params
+
+    quiet = lambda *a: None  # noqa: E731
+    a = build_frame_cache(videos, tmp_path / "a" / "32x24_x", size=(32, 24), workers=1, progress=False, log=quiet)
+    loc = frame_cache_location(target, "fp", a.path)
+    assert push_frame_cache(a.path, loc, target, log=None) == "pushed"
+    npy = next(b.rel for b in list_blobs(loc, target) if b.rel.endswith(".npy"))
+    bc = target.container(loc.container).get_blob_client(loc.blob(npy))
+    bc.set_http_headers(content_settings=ContentSettings(content_md5=bytearray(b"\x01" * 16)))
+    said = []
+    dest = tmp_path / "b" / a.path.name
+    assert not pull_frame_cache(dest, loc, target, cache_params(None, (32, 24))["hash"], log=said.append)
+    assert "could not pull the frame cache" in said[-1] and npy in said[-1]
+    assert not (dest / "params.json").exists() and not list((tmp_path / "b").glob(".*pull*"))
+    b = build_frame_cache(videos, dest, size=(32, 24), workers=1, progress=False, log=quiet)
+    assert b.report["decoded"] == len(a)  # decoded here, from the videos
+
+
 def test_download_refuses_blob_that_does_not_match_its_md5(videos, target, tmp_path):
     "A blob whose bytes do not match its Content-MD5 is refused and fetched again, never used; the local copy stays."
     from azure.storage.blob import ContentSettings
