@@ -115,6 +115,22 @@ def test_sigterm_syncs_then_a_fresh_machine_resumes_to_the_same_result(azurite, 
     assert stale not in _blobs(azurite, "tiny/gru-split1-seed0/")
 
 
+def test_ctrl_c_ends_the_run_interrupted_and_synced(azurite, shared, tmp_path):
+    "SIGINT (Ctrl-C): the run is marked interrupted, then the final sync sends that state with the last checkpoint."
+    env = cli_env(AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
+    models = tmp_path / "models"
+    run = models / "tiny-ctrl-c" / "gru-split1-seed0"
+    p = start_cli(["train", TINY, *GRU, *tiny_paths(shared, models), *_sync(3600), "--set", "experiment=tiny-ctrl-c",
+                   "--quiet"], env=env)  # fmt: skip
+    wait_for_epochs(run, p, 2)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130 and "--resume" in err, (p.returncode, err[-2000:])
+    remote = _blobs(azurite, "tiny-ctrl-c/gru-split1-seed0/")
+    assert json.loads(remote["tiny-ctrl-c/gru-split1-seed0/status.json"])["state"] == "interrupted"
+    assert remote["tiny-ctrl-c/gru-split1-seed0/checkpoint.pth"] == (run / "checkpoint.pth").read_bytes()
+
+
 def test_sync_without_container_is_a_usage_error(azurite, shared, tmp_path):
     env = cli_env(AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
     models = tmp_path / "models"
