@@ -356,7 +356,7 @@ def write_pages(executed: dict[Path, Path], pages: Path) -> list:
                 # links to notebooks, and links into the published site (README's), stay inside this build
                 text = _link_notebooks(cell["source"], names)
                 cell["source"] = re.sub(
-                    r"\]\(" + re.escape(site_url) + r"([^)]*)\)", lambda m: f"]({depth}{m.group(1)})", text
+                    r"\]\(" + re.escape(site_url) + r"([^)]*)\)", lambda m, d=depth: f"]({d}{m.group(1)})", text
                 )
         note = f"*Notebook `nbs/{nb.relative_to(NBS).as_posix()}`"
         if mod:
@@ -401,7 +401,7 @@ def write_pages(executed: dict[Path, Path], pages: Path) -> list:
     )
     # the API index links notebooks by their .ipynb source name so mkdocs checks and rewrites them
     text = (api / "index.md").read_text(encoding="utf-8")
-    for rel, html in names.items():
+    for html in names.values():
         text = text.replace(f"](../{html})", f"](../{Path(html).with_suffix('.ipynb').as_posix()})")
     (api / "index.md").write_text(text, encoding="utf-8")
 
