@@ -12,7 +12,7 @@ What it does, all in the scratch folder _site_build/ (git-ignored; the committed
    `#| hide` cells and `#|` directive lines removed from the page. Notebooks run in parallel (--jobs, default: the
    CPUs this process may use); an executed copy is reused while the notebook, the package, configs/ and this script
    are unchanged. A notebook that fails stops the build, named with its traceback.
-2. Writes the pages: one per notebook, named as nbdev names them (`00_core.ipynb` -> `core.html`, so the "Docs:" link
+2. Writes the pages: one per notebook, the newest executed record of each kind in papermill_runs/ as it is, named as nbdev names them (`00_core.ipynb` -> `core.html`, so the "Docs:" link
    in every module docstring resolves, and `core.html.md` beside it as nbdev 3 links it), every guide in
    docs/guides/ in numeric order, and an API page per module of esn_video (signatures and docstrings, read statically
    by mkdocstrings), each linked to its notebook and back.
@@ -142,6 +142,20 @@ def guides() -> list[Path]:
     return sorted((DOCS / "guides").glob("*.md"), key=key)
 
 
+def records() -> dict[str, Path]:
+    "The newest executed record in papermill_runs/ of each experiment and analysis notebook: {name: file}."
+    newest: dict[str, Path] = {}
+    for f in sorted((ROOT / "papermill_runs").glob("*.ipynb")):  # names sort by time: the last one wins
+        m = re.match(r"\d{8}T\d{6}Z_(.+)\.ipynb$", f.name)
+        if m:
+            newest[m.group(1)] = f
+    return newest
+
+
+def record_page(name: str) -> str:
+    return f"record-{name}.html"
+
+
 def md_title(path: Path) -> str:
     m = re.search(r"^#\s+(.+)$", path.read_text(encoding="utf-8"), re.M)
     return m.group(1).strip() if m else path.stem
@@ -152,6 +166,7 @@ def expected_pages() -> list[str]:
     pages = [page_name(nb) for nb in notebooks()]
     pages += [g.relative_to(DOCS).with_suffix(".html").as_posix() for g in guides()]
     pages += ["api/index.html"] + [f"api/{m}.html" for m in package_modules()]
+    pages += [record_page(n) for n in records()]
     return pages
 
 
@@ -175,6 +190,7 @@ def code_hash() -> str:
 def site_hash() -> str:
     "Everything the site is made of; _site/.build-stamp holds it, so an unchanged tree is not built again."
     files = [f for f in sorted(DOCS.rglob("*")) if f.is_file()] + notebooks() + [Path(__file__).resolve()]
+    files += sorted(records().values())
     return hashlib.sha256((_hash_files(files) + code_hash()).encode()).hexdigest()
 
 
@@ -376,6 +392,16 @@ def write_pages(executed: dict[Path, Path], pages: Path) -> list:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(page), encoding="utf-8")
 
+    # executed records, as they were executed
+    for name, f in records().items():
+        page = _normalized(read_nb(f))
+        note = (
+            f"*Executed record `papermill_runs/{f.name}`, shown as it was executed (`esn-video run` and "
+            "`esn-video analyze` write these); the newest record of its kind.*"
+        )
+        page["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": note, "id": "record-note"})
+        (pages / Path(record_page(name)).with_suffix(".ipynb")).write_text(json.dumps(page), encoding="utf-8")
+
     # API pages
     api = pages / "api"
     api.mkdir(exist_ok=True)
@@ -421,6 +447,8 @@ def write_pages(executed: dict[Path, Path], pages: Path) -> list:
         sections.setdefault(sec, []).append({titles[nb][0]: Path(page_name(nb)).with_suffix(".ipynb").as_posix()})
     nav.append({"Notebooks": [{k: v} for k, v in sections.items()]})
     nav.append({"API reference": ["api/index.md"] + [{m: f"api/{m}.md"} for m in package_modules()]})
+    if records():
+        nav.append({"Records": [{n: Path(record_page(n)).with_suffix(".ipynb").as_posix()} for n in records()]})
     return nav
 
 
@@ -501,8 +529,8 @@ def build(jobs: int | None = None, force: bool = False) -> Path:
     if r.returncode:
         print("docs: mkdocs build failed (see above)", file=sys.stderr)
         sys.exit(1)
-    for nb in executed:
-        page = SITE / page_name(nb)
+    for name in [page_name(nb) for nb in executed] + [record_page(n) for n in records()]:
+        page = SITE / name
         page.write_text(fix_anchors(page.read_text(encoding="utf-8")), encoding="utf-8")
     markdown_twins(executed)
     missing = [p for p in expected_pages() if not (SITE / p).is_file()]
