@@ -396,8 +396,8 @@ def write_pages(executed: dict[Path, Path], pages: Path) -> list:
     for name, f in records().items():
         page = _normalized(read_nb(f))
         note = (
-            f"*Executed record `papermill_runs/{f.name}`, shown as it was executed (`esn-video run` and "
-            "`esn-video analyze` write these); the newest record of its kind.*"
+            f"# Record: {name}\n\n*Executed record `papermill_runs/{f.name}`, shown as it was executed "
+            "(`esn-video run` and `esn-video analyze` write these); the newest record of its kind.*"
         )
         page["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": note, "id": "record-note"})
         (pages / Path(record_page(name)).with_suffix(".ipynb")).write_text(json.dumps(page), encoding="utf-8")
