@@ -290,7 +290,7 @@ def execute_all(jobs: int) -> dict[Path, Path]:
     failed = []
     with ThreadPoolExecutor(max(1, jobs)) as ex:
         for nb, r, secs in ex.map(run, todo):
-            rel = nb.relative_to(ROOT)
+            rel = Path(NBS.name) / nb.relative_to(NBS)  # nbs/NAME.ipynb
             print(f"    {'executed' if r.returncode == 0 else 'FAILED  '} {rel} ({secs:.1f}s)", flush=True)
             if r.returncode:
                 failed.append((rel, r.stdout + r.stderr))

@@ -509,3 +509,23 @@ def test_failing_notebook_fails_naming_itself(tmp_path):
     assert r.returncode == 1
     assert "boom in the notebook" in r.stderr
     assert not out.exists()
+
+
+def test_build_stops_naming_the_notebook_that_failed(tmp_path, monkeypatch, capsys):
+    "The build's execution step, over a notebook folder holding one good and one failing notebook."
+    good = _nb(tmp_path, [("markdown", "# good"), ("code", "print('fine')")])
+    bad = good.with_name("02_broken.ipynb")
+    nb = json.loads(good.read_text())
+    nb["cells"][1]["source"] = "raise KeyError('missing piece')"
+    bad.write_text(json.dumps(nb))
+    monkeypatch.setattr(docs, "NBS", good.parent)
+    monkeypatch.setattr(docs, "BUILD", tmp_path / "build")
+    with pytest.raises(SystemExit) as e:
+        docs.execute_all(jobs=2)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "nbs/02_broken.ipynb failed to execute" in err and "missing piece" in err
+    assert "01_x.ipynb failed" not in err
+    # the good notebook's executed copy is kept for the next build; nothing is left for the broken one
+    kept = [p.name for p in (tmp_path / "build" / "exec").glob("*.ipynb")]
+    assert any(n.startswith("01_x.ipynb.") for n in kept) and not any(n.startswith("02_broken") for n in kept)
