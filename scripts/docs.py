@@ -472,6 +472,10 @@ def fix_anchors(html: str) -> str:
         return f'<h{m.group(1)} id="{new}"'
 
     art = re.sub(r'<h([1-6]) id="([^"]+)"', unique, art)
+    # each heading's text, for contents entries left empty (a heading that is only code has no text there)
+    texts = {}
+    for m in re.finditer(r'<h[1-6] id="([^"]+)">(.*?)</h[1-6]>', art, re.S):
+        texts[m.group(1)] = re.sub(r"<[^>]+>", "", m.group(2)).replace("¶", "").strip()
     html = html[:start] + art + html[end:]
     toc = re.findall(r'<a href="#([^"]*)" class="md-nav__link"', html)
     toc = list(dict.fromkeys(toc))
@@ -479,7 +483,11 @@ def fix_anchors(html: str) -> str:
     mapping = {old: new for old, new in zip(toc, heads) if old != new and old not in ids}
     for old, new in mapping.items():
         html = html.replace(f'href="#{old}"', f'href="#{new}"')
-    return html
+
+    def fill(m):
+        return m.group(1) + (texts.get(m.group(2), "") if not m.group(3).strip() else m.group(3)) + m.group(4)
+
+    return re.sub(r'(<a href="#([^"]*)" class="md-nav__link">\s*<span class="md-ellipsis">)(\s*)(</span>)', fill, html)
 
 
 def markdown_twins(executed: dict[Path, Path]) -> None:

@@ -257,6 +257,7 @@ PAGE_JS = r"""(() => {
     images: [...document.querySelectorAll('img')].map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0})),
     assets: [...document.querySelectorAll('link[href][rel=stylesheet], script[src]')].map(e => e.href || e.src),
     ids: [...document.querySelectorAll('[id]')].map(e => e.id),
+    emptyToc: [...document.querySelectorAll('nav.md-nav--secondary a.md-nav__link')].filter(a => !a.textContent.trim()).length,
   };
 })()"""
 
@@ -272,6 +273,8 @@ def check_pages(browser: Browser, base: str, pages: list[str]) -> tuple[list[str
         problems += [f"{page}: {e}" for e in errors]
         if info["main"] < 40:
             problems.append(f"{page}: main content is empty ({info['main']} characters)")
+        if info["emptyToc"]:
+            problems.append(f"{page}: {info['emptyToc']} entries of the table of contents have no text")
         for img in info["images"]:
             if not img["ok"]:
                 problems.append(f"{page}: image does not display: {img['src'][:120]}")
