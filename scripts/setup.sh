@@ -46,6 +46,22 @@ if [[ ",$EXTRAS," == *",dev,"* ]]; then
   fi
 fi
 
+# the docs site's browser check (tests/test_docs_site.py) needs a Chromium: Debian's package, installed as root where
+# none is on PATH (idempotent; where it cannot be installed, that test fails saying so)
+case ",$EXTRAS," in
+  *,dev,*|*,docs,*)
+    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Chromium (apt-get) for the docs site's browser check"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+          || echo "setup: could not install Chromium; tests/test_docs_site.py will fail until 'apt-get install chromium' works" >&2
+      else
+        echo "setup: no Chromium on PATH and not root; install it ('apt-get install chromium') for tests/test_docs_site.py" >&2
+      fi
+    fi
+    ;;
+esac
+
 # stamp = what was installed: pyproject.toml, this script and the extras; unchanged stamp -> nothing to do
 want="$( (cat pyproject.toml scripts/setup.sh; echo "extras=$EXTRAS torch=$TORCH_PKGS") | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.esn-video-installed"

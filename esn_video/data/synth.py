@@ -255,7 +255,8 @@ SYNTH_PRESETS: dict[str, dict] = {
 }
 
 #: the generator's marker file in the folder it writes, and its lock file
-SYNTH_MARKER, SYNTH_LOCK = ".esn-video-synth.json", ".esn-video-synth.lock"
+SYNTH_MARKER = ".esn-video-synth.json"
+SYNTH_LOCK = ".esn-video-synth.lock"
 
 
 class NotOurDatasetError(FileExistsError):

@@ -208,7 +208,8 @@ class ClipResizeCrop:
         return f"ClipResizeCrop({self.size})"
 
 # %% ../../nbs/14_data.transforms.ipynb #f5a1fa73e5044315a093ec459c9be902
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class NormalizeClips(ItemTransform):

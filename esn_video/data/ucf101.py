@@ -204,7 +204,8 @@ def ucf101_index(
 # %% ../../nbs/10_data.ucf101.ipynb #85841492
 #: (train, test) sizes of the three official splits
 UCF101_SPLIT_SIZES = {1: (9537, 3783), 2: (9586, 3734), 3: (9624, 3696)}
-UCF101_N_CLASSES, UCF101_N_VIDEOS = 101, 13320
+UCF101_N_CLASSES = 101
+UCF101_N_VIDEOS = 13320
 
 
 def validate_ucf101(root: str | Path) -> list[str]:
