@@ -67,3 +67,18 @@ def wait_for_epochs(run_dir: Path, proc: subprocess.Popen, epochs: int, timeout:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+RESULT_KEYS = ("accuracy", "macro_f1", "top5", "valid_accuracy", "clip_accuracy", "confusion_matrix", "epochs_run")
+
+
+def assert_same_result(run_a: Path, run_b: Path) -> None:
+    "Two run folders hold the same result: every test and validation number, and the same loss/accuracy history."
+    import pandas as pd
+
+    a, b = read_json(run_a / "metrics.json"), read_json(run_b / "metrics.json")
+    for k in RESULT_KEYS:
+        assert a[k] == b[k], (k, a[k], b[k])
+    ha, hb = pd.read_csv(run_a / "history.csv"), pd.read_csv(run_b / "history.csv")
+    cols = [c for c in ha.columns if "loss" in c or "accuracy" in c]
+    pd.testing.assert_frame_equal(ha[cols], hb[cols], rtol=1e-5)
