@@ -2,13 +2,17 @@
 
 1. Upload of a generated dataset tree of many small video files: `esn_video.cloud.storage.upload_tree` (parallel,
    MD5-checked, skip-if-there) against a plain sequential loop of `BlobClient.upload_blob`, same tree, same
-   emulator, one run each into a fresh prefix (the target is a ratio >= 3).
+   emulator, one run each into a fresh prefix (the target is a ratio >= 3). On loopback the emulator's own CPU time
+   bounds both (it is printed); `--latency-ms` runs the same comparison once more through a loopback proxy that holds
+   each response for that long, a stand-in for the round trip to a real account (not Azure: the figure says what
+   parallel transfers buy when requests wait on a network, nothing about Azure's own speed).
 2. Training from a dataset whose `dataset.root` is a blob location, after its first pass filled the local cache,
    against the same dataset on local disk: clips/s of preparing the split (index, frame cache, the blob listing
    for the first) and training a small CNN+GRU end to end on every training clip for `--epochs` epochs; the faster of
    `--repeats` interleaved runs of each counts (the target is a ratio >= 0.9).
 
-    .venv/bin/python scripts/bench_storage.py [--preset small] [--workers 16] [--epochs 3] [--json out.json]
+    .venv/bin/python scripts/bench_storage.py [--preset small] [--workers 16] [--epochs 3] [--latency-ms 20]
+                                              [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,7 +34,57 @@ def _cpu(pid: int) -> float:
     return sum(t.user + t.system for t in [proc.cpu_times()] + [c.cpu_times() for c in proc.children(recursive=True)])
 
 
-def _upload(tree: Path, target, workers: int, repeats: int, az_pid: int) -> dict:
+class _DelayProxy:
+    "A loopback TCP proxy that holds the first bytes of every response for `delay` seconds: one network round trip per request."
+
+    def __init__(self, upstream_port: int, delay: float):
+        import socket
+        import threading
+
+        self.upstream, self.delay = upstream_port, delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            for s in (client, server):  # no Nagle: the proxy adds its delay and nothing else
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sent = threading.Event()  # the client spoke since the last response began
+            threading.Thread(target=self._pipe, args=(client, server, sent, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, sent, True), daemon=True).start()
+
+    def _pipe(self, src, dst, sent, is_response: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if is_response and sent.is_set():
+                    sent.clear()
+                    time.sleep(self.delay)
+                elif not is_response:
+                    sent.set()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _upload(tree: Path, target, workers: int, repeats: int, az_pid: int, tag: str = "") -> dict:
     from esn_video.cloud.storage import local_files, upload_tree
 
     files = local_files(tree)
@@ -48,17 +102,17 @@ def _upload(tree: Path, target, workers: int, repeats: int, az_pid: int) -> dict
 
     def sequential(r: int) -> None:
         for rel, p in files.items():
-            container.get_blob_client(f"sequential{r}/{rel}").upload_blob(p.read_bytes(), overwrite=True)
+            container.get_blob_client(f"{tag}sequential{r}/{rel}").upload_blob(p.read_bytes(), overwrite=True)
 
     def parallel(r: int) -> None:
-        rep = upload_tree(tree, f"az://ucf101-dataset/parallel{r}", target, workers=workers, log=None)
+        rep = upload_tree(tree, f"az://ucf101-dataset/{tag}parallel{r}", target, workers=workers, log=None)
         assert len(rep.transferred) == len(files) and not rep.failed
 
     for r in range(repeats):  # interleaved, each into a fresh prefix; the fastest of each counts
         timed("sequential", lambda r=r: sequential(r))
         timed("parallel", lambda r=r: parallel(r))
     t0 = time.perf_counter()
-    again = upload_tree(tree, "az://ucf101-dataset/parallel0", target, workers=workers, log=None)
+    again = upload_tree(tree, f"az://ucf101-dataset/{tag}parallel0", target, workers=workers, log=None)
     rerun = time.perf_counter() - t0
     assert len(again.skipped) == len(files)
     s, p = min(runs["sequential"]), min(runs["parallel"])
@@ -142,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=32, help="parallel transfers of the project's upload (default 32)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per timed run (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs of each; the fastest counts")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="also compare the uploads through a loopback proxy adding this round trip per request (0: skip)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     a = p.parse_args(argv)
     import torch
@@ -169,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  CPU seconds, emulator / client: sequential {e['sequential']:.2f} / {c['sequential']:.2f}, parallel "
               f"{e['parallel']:.2f} / {c['parallel']:.2f} (the parallel upload takes at least the larger of its two, "
               f"on {os.cpu_count()} CPUs shared with whatever else runs here)")  # fmt: skip
+        if a.latency_ms > 0:
+            proxy = _DelayProxy(az.port, a.latency_ms / 1e3)
+            far = storage_target(env={CONNECTION_ENV: az.connection_string.replace(f":{az.port}/", f":{proxy.port}/")})
+            up["with_latency"] = lat = _upload(tree, far, a.workers, a.repeats, az.proc.pid, tag="far-")
+            lat["latency_ms"] = a.latency_ms
+            proxy.close()
+            print(f"  through a loopback proxy adding {a.latency_ms:g} ms per request (a stand-in for a network, not Azure):"
+                  f" sequential {lat['sequential_s']:.2f} s, parallel {lat['parallel_s']:.2f} s"
+                  f" -> {lat['parallel_speedup']:.2f}x (the loop waited"
+                  f" {(lat['sequential_s'] - up['sequential_s']) / up['files'] * 1e3:.0f} ms more per file)")  # fmt: skip
         tr = _training(tree, work, az.connection_string, a.epochs, a.repeats)
         print(f"training, {tr['epochs']} epochs of {tr['clips'] // tr['epochs']} clips, after a first pass "
               f"({tr['first_pass_s']:.1f} s) filled the local cache:")  # fmt: skip

@@ -311,10 +311,12 @@ def test_second_machine_downloads_the_caches(videos, azurite, target, tmp_path):
 def test_bench_storage_runs(tmp_path):
     "The storage benchmark runs end to end at a tiny size and prints its ratios (the figures are not asserted)."
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_storage.py"), "--preset", "tiny", "--epochs", "1",
-                        "--repeats", "1", "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                        "--repeats", "1", "--latency-ms", "5", "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env=cli_env())  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = json.loads((tmp_path / "b.json").read_text())
     assert out["upload"]["parallel_speedup"] > 0 and out["training"]["blob_vs_local"] > 0
+    far = out["upload"]["with_latency"]  # the proxy's round trip is really paid: the loop waits >= 5 ms more per file
+    assert far["latency_ms"] == 5 and far["sequential_s"] - out["upload"]["sequential_s"] >= 0.005 * far["files"]
     assert "parallel upload" in r.stdout and "clips/s" in r.stdout
     shutil.rmtree(tmp_path, ignore_errors=True)
